@@ -1,0 +1,103 @@
+"""The in-process edit engine: encode -> denoise -> decode on one set of loaded components.
+
+The services split the same stages across processes (encoder: :meth:`EditEngine.encode`'s work; denoiser:
+the :class:`DenoiseLoop`), so a served edit and an in-process edit run identical code.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+from longcat.conditioning import PromptEncoder, prepare_reference, to_pil
+from longcat.engine.denoise import DenoiseJob, DenoiseLoop, StepCallback
+from longcat.engine.request import EditRequest, Limits, ValidatedRequest, validate_request
+from longcat.models.loading import ALL_COMPONENTS, Components, load_components
+
+
+@dataclass
+class PromptEmbeddings:
+    prompt: torch.Tensor
+    negative: torch.Tensor | None  # None when guidance <= 1 (no CFG)
+
+
+@dataclass
+class EditResult:
+    image: Image.Image
+    pixels: torch.Tensor   # (1, 3, H, W) float in [0, 1], before 8-bit rounding
+    width: int
+    height: int
+    seed: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class EditEngine:
+    def __init__(self, components: Components, limits: Limits = Limits(), cfg_batch: bool = True,
+                 adapter_manager=None):
+        self.components = components
+        self.limits = limits
+        self.prompt_encoder = PromptEncoder(components.tokenizer, components.text_processor.image_processor,
+                                            components.text_encoder)
+        self.loop = DenoiseLoop(components.transformer, components.vae, components.scheduler, cfg_batch=cfg_batch)
+        self.adapters = adapter_manager
+        self._encode_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model: str | None = None, device: str | None = None, precision: str = "fp32",
+             adapter_root: str | None = None, adapter_cache: int = 8, **kwargs) -> "EditEngine":
+        components = load_components(model, ALL_COMPONENTS, device=device, precision=precision)
+        from longcat.adapters import AdapterManager, AdapterStore
+
+        store = AdapterStore(adapter_root) if adapter_root else None
+        manager = AdapterManager(components.transformer, store, capacity=adapter_cache)
+        return cls(components, adapter_manager=manager, **kwargs)
+
+    def validate(self, request: EditRequest) -> ValidatedRequest:
+        return validate_request(request, self.limits)
+
+    def encode(self, req: ValidatedRequest, prompt_image: Image.Image) -> PromptEmbeddings:
+        """Prompt and negative prompt, each seen with the same half-size reference."""
+        with self._encode_lock, torch.no_grad():
+            prompt = self.prompt_encoder.encode(req.prompt, prompt_image, "prompt", req.truncate_prompt)
+            negative = None
+            if req.do_cfg:
+                negative = self.prompt_encoder.encode(req.negative_prompt, prompt_image, "negative_prompt",
+                                                      req.truncate_prompt)
+        return PromptEmbeddings(prompt, negative)
+
+    def edit(self, request: EditRequest | ValidatedRequest, on_step: StepCallback | None = None,
+             cancel: threading.Event | None = None, preview_every: int = 0) -> EditResult:
+        req = request if isinstance(request, ValidatedRequest) else self.validate(request)
+        t0 = time.perf_counter()
+        ref = prepare_reference(req.image, req.geometry)
+        embeds = self.encode(req, ref.prompt_image)
+        t1 = time.perf_counter()
+        refs = [(a.name, a.scale) for a in req.adapters]
+        with self._adapters(refs):
+            reference_latents = self.loop.encode_reference(ref.pixels)
+            job = DenoiseJob(embeds.prompt, embeds.negative, reference_latents, req.geometry,
+                             req.num_inference_steps, req.guidance_scale, req.seed)
+            latents = self.loop.run(job, on_step=on_step, cancel=cancel, preview_every=preview_every)
+        t2 = time.perf_counter()
+        pixels = self.loop.decode(latents, req.geometry)
+        t3 = time.perf_counter()
+        return EditResult(
+            image=to_pil(pixels)[0], pixels=pixels, width=req.geometry.width, height=req.geometry.height,
+            seed=req.seed, timings={"encode_s": t1 - t0, "denoise_s": t2 - t1, "decode_s": t3 - t2,
+                                    "total_s": t3 - t0},
+        )
+
+    def _adapters(self, refs):
+        if self.adapters is None:
+            if refs:
+                from longcat.errors import AdapterNotFound
+
+                raise AdapterNotFound("this engine has no adapter store", "adapters[0].name")
+            import contextlib
+
+            return contextlib.nullcontext()
+        return self.adapters.activate(refs)

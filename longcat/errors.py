@@ -1,0 +1,50 @@
+"""Exception types shared by the engine, the services and the CLI.
+
+Each carries the request field at fault, so a gRPC servicer can map it to a canonical status code with
+a message that names the field (INVALID_ARGUMENT, NOT_FOUND, ...), and the CLI can print one clear line.
+"""
+
+from __future__ import annotations
+
+
+class LongCatError(Exception):
+    """Base class. ``field`` names the request field at fault, when there is one."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.reason = message
+
+
+class InvalidArgument(LongCatError, ValueError):
+    code = "INVALID_ARGUMENT"
+
+
+class InvalidImage(InvalidArgument):
+    """Image bytes that cannot be decoded, or an image we cannot use."""
+
+
+class PromptTooLong(InvalidArgument):
+    """A prompt over the model's 512-token limit, with truncation disabled."""
+
+
+class NotFound(LongCatError, LookupError):
+    code = "NOT_FOUND"
+
+
+class AdapterNotFound(NotFound):
+    pass
+
+
+class AdapterMismatch(InvalidArgument):
+    """An adapter trained for another architecture (its tensor shapes or modules don't fit)."""
+
+
+class UnsupportedPrecision(InvalidArgument):
+    """A precision the machine cannot run (fp8 without a CUDA GPU, say)."""
+
+
+class Cancelled(LongCatError):
+    code = "CANCELLED"
