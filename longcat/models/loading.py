@@ -7,7 +7,6 @@ denoiser: transformer + VAE + scheduler), through the libraries' own ``from_pret
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -150,6 +149,6 @@ def load_components(
             if name in QUANTIZED_COMPONENTS and prec.quantized:
                 quantize_module(part, prec)
         setattr(out, name, part)
-        log.info(json.dumps({"event": "component_loaded", "component": name, "model": path,
-                             "precision": prec.name, "device": str(device)}))
+        log.info("component loaded", extra={"event": "component_loaded", "component": name, "model": path,
+                                            "precision": prec.name, "device": str(device)})
     return out

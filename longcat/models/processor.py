@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import os
 
+from transformers import Qwen2VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 
-class ImageOnlyQwenProcessor:
-    """Duck-types the part of ``Qwen2VLProcessor`` that diffusers' LongCat pipelines use."""
+class ImageOnlyQwenProcessor(Qwen2VLProcessor):
+    """The part of ``Qwen2VLProcessor`` that diffusers' LongCat pipelines use: its image processor.
 
-    def __init__(self, image_processor: Qwen2VLImageProcessorPil):
+    A subclass (not a duck type) because ``DiffusionPipeline.from_pretrained`` checks the class of a passed
+    component; ``__init__`` deliberately skips the parent's, which would require a video processor.
+    """
+
+    def __init__(self, image_processor: Qwen2VLImageProcessorPil):  # noqa: D107 - see class docstring
         self.image_processor = image_processor
+        self.tokenizer = None
+        self.video_processor = None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> "ImageOnlyQwenProcessor":

@@ -1,0 +1,46 @@
+# LongCat Edit Stack. Two commands set everything up on a fresh Debian/Ubuntu machine:
+#   make demo    # venv + deps, tiny model, an edit of examples/sample.png -> demo-output/
+#   make test    # venv + deps, the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed on its own first so that no dependency pulls another build. On a GPU machine
+# pip's default torch is the CUDA build; set TORCH_PIP_ARGS (e.g. an index of CPU wheels) to choose.
+TORCH_VERSION ?= 2.13.0
+TORCH_PIP_ARGS ?=
+DEMO_OUT ?= demo-output
+PYTEST_ARGS ?=
+
+.PHONY: venv test demo protos clean help
+
+help:
+	@echo "make demo | make test | make protos | make clean"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+# Generated gRPC stubs: never hand-edited, never committed.
+protos: venv
+	@$(PY) -m longcat.protos_build
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+test: venv
+	@set -o pipefail; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
+
+demo: venv
+	@mkdir -p $(DEMO_OUT)
+	$(VENV)/bin/longcat tiny --out $(DEMO_OUT)/tiny-model
+	$(VENV)/bin/longcat edit --model $(DEMO_OUT)/tiny-model --image examples/sample.png \
+	  --prompt "make the sky purple" --width 256 --height 192 --steps 8 --seed 42 --out $(DEMO_OUT)/edit.png
+	@echo "demo outputs are in $(DEMO_OUT)/"
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache build *.egg-info

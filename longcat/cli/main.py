@@ -1,0 +1,53 @@
+"""``longcat``: one entry point for every command. Each subcommand lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from longcat.errors import Cancelled, InvalidArgument, LongCatError, NotFound
+
+# Exit codes scripts can rely on.
+EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_CANCELLED = 0, 1, 2, 3, 130
+
+COMMANDS = ("tiny", "edit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="longcat", description="Serve and fine-tune LongCat-Image-Edit.")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default WARNING for the CLI)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    import importlib
+
+    for name in COMMANDS:
+        importlib.import_module(f"longcat.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from longcat.logs import setup_logging
+
+    setup_logging(args.log_level or "WARNING", json_format=True)
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except (InvalidArgument, NotFound, Cancelled, LongCatError) as exc:
+        return _fail(args, exc)
+    except KeyboardInterrupt:
+        return _fail(args, Cancelled("interrupted"))
+
+
+def _fail(args, exc: LongCatError) -> int:
+    code = {"INVALID_ARGUMENT": EXIT_INVALID, "NOT_FOUND": EXIT_NOT_FOUND, "CANCELLED": EXIT_CANCELLED}.get(
+        exc.code, EXIT_ERROR)
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "code": exc.code, "field": exc.field, "error": str(exc)}))
+    else:
+        print(f"longcat {args.command}: error: {exc}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
