@@ -26,16 +26,16 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# Generated gRPC stubs: never hand-edited, never committed.
+# Generated gRPC stubs (longcat/v1/*_pb2*.py): never hand-edited, never committed.
 protos: venv
 	@$(PY) -m longcat.protos_build
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
-test: venv
+test: protos
 	@set -o pipefail; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
-demo: venv
+demo: protos
 	@mkdir -p $(DEMO_OUT)
 	$(VENV)/bin/longcat tiny --out $(DEMO_OUT)/tiny-model
 	$(VENV)/bin/longcat edit --model $(DEMO_OUT)/tiny-model --image examples/sample.png \

@@ -48,3 +48,23 @@ class UnsupportedPrecision(InvalidArgument):
 
 class Cancelled(LongCatError):
     code = "CANCELLED"
+
+
+class Unavailable(LongCatError):
+    """Not ready yet (model loading) or a dependency is down: retry later."""
+
+    code = "UNAVAILABLE"
+
+
+class ResourceExhausted(LongCatError):
+    """A queue or a limit is full: retry later."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Unauthenticated(LongCatError):
+    code = "UNAUTHENTICATED"
+
+
+class DeadlineExceeded(LongCatError):
+    code = "DEADLINE_EXCEEDED"

@@ -7,7 +7,10 @@ import logging
 import os
 import sys
 import time
+from contextvars import ContextVar
 
+# The id of the request being handled on this thread/task; every log line carries it.
+request_id: ContextVar[str] = ContextVar("request_id", default="")
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
@@ -19,6 +22,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        rid = request_id.get()
+        if rid:
+            out["request_id"] = rid
         out.update({k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)

@@ -11,7 +11,7 @@ from longcat.errors import Cancelled, InvalidArgument, LongCatError, NotFound
 # Exit codes scripts can rely on.
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_CANCELLED = 0, 1, 2, 3, 130
 
-COMMANDS = ("tiny", "edit")
+COMMANDS = ("tiny", "edit", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,8 @@ from longcat.conditioning.reference import (
     decode_latents,
     encode_reference_latents,
     prepare_reference,
+    reference_pixels,
+    reference_prompt_image,
     to_pil,
     vae_encode,
 )
@@ -33,6 +35,7 @@ from longcat.conditioning.velocity import predict_velocity
 __all__ = [
     "Geometry", "check_size", "default_size", "image_position_ids", "pack_latents", "text_position_ids",
     "unpack_latents", "MAX_PROMPT_TOKENS", "PromptEncoder", "check_prompt_length", "prompt_token_ids",
-    "PreparedReference", "decode_latents", "encode_reference_latents", "prepare_reference", "to_pil",
+    "PreparedReference", "decode_latents", "encode_reference_latents", "prepare_reference", "reference_pixels",
+    "reference_prompt_image", "to_pil",
     "vae_encode", "sample_training_sigmas", "set_inference_timesteps", "shift_mu", "predict_velocity",
 ]

@@ -28,9 +28,24 @@ class PreparedReference:
 def prepare_reference(image: Image.Image, geometry: Geometry) -> PreparedReference:
     """Resize to the output size (and to half of it for the VLM) exactly as the pipeline does."""
     resized = _IMAGE_PROCESSOR.resize(image, geometry.height, geometry.width)
-    prompt_image = _IMAGE_PROCESSOR.resize(resized, geometry.height // 2, geometry.width // 2)
     pixels = _IMAGE_PROCESSOR.preprocess(resized, geometry.height, geometry.width)
-    return PreparedReference(pixels=pixels, prompt_image=prompt_image)
+    return PreparedReference(pixels=pixels, prompt_image=_half(resized, geometry))
+
+
+def reference_prompt_image(image: Image.Image, geometry: Geometry) -> Image.Image:
+    """Only what the encoder needs: the reference at half the output size (same two resizes)."""
+    return _half(_IMAGE_PROCESSOR.resize(image, geometry.height, geometry.width), geometry)
+
+
+def reference_pixels(image: Image.Image, geometry: Geometry) -> torch.Tensor:
+    """Only what the denoiser needs: the reference at the output size, in [-1, 1]."""
+    resized = _IMAGE_PROCESSOR.resize(image, geometry.height, geometry.width)
+    return _IMAGE_PROCESSOR.preprocess(resized, geometry.height, geometry.width)
+
+
+def _half(resized: Image.Image, geometry: Geometry) -> Image.Image:
+    # From the already resized image, not the original: that is what the pipeline feeds the VLM.
+    return _IMAGE_PROCESSOR.resize(resized, geometry.height // 2, geometry.width // 2)
 
 
 def vae_encode(vae, pixels: torch.Tensor) -> torch.Tensor:

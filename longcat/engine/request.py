@@ -10,10 +10,7 @@ from PIL import Image
 
 from longcat.conditioning.geometry import DEFAULT_AREA, Geometry, check_size, default_size
 from longcat.errors import InvalidArgument
-from longcat.images import DEFAULT_MAX_INPUT_PIXELS, decode_image
-
-ADAPTER_NAME_FIELD = "adapters[{i}].name"
-
+from longcat.images import DEFAULT_MAX_INPUT_PIXELS, decode_image, to_rgb
 
 @dataclass(frozen=True)
 class Limits:
@@ -72,50 +69,73 @@ class ValidatedRequest:
 MAX_SEED = 2**63 - 1
 
 
-def validate_request(req: EditRequest, limits: Limits = Limits()) -> ValidatedRequest:
-    """Check every field; raise :class:`InvalidArgument` naming the first field at fault."""
-    if not isinstance(req.prompt, str) or not req.prompt.strip():
-        raise InvalidArgument("must be a non-empty instruction", "prompt")
-    if not isinstance(req.negative_prompt, str):
-        raise InvalidArgument("must be a string", "negative_prompt")
-    steps = req.num_inference_steps
-    if not isinstance(steps, int) or steps <= 0 or steps > limits.max_steps:
-        raise InvalidArgument(f"must be between 1 and {limits.max_steps}, got {steps}", "num_inference_steps")
-    g = req.guidance_scale
-    if not isinstance(g, (int, float)) or math.isnan(g) or math.isinf(g) or g < 0 or g > limits.max_guidance:
-        raise InvalidArgument(f"must be a number between 0 and {limits.max_guidance}, got {g}", "guidance_scale")
-    seed = req.seed
+def check_prompt(prompt, field: str = "prompt", required: bool = True) -> str:
+    if not isinstance(prompt, str) or (required and not prompt.strip()):
+        raise InvalidArgument("must be a non-empty instruction" if required else "must be a string", field)
+    return prompt
+
+
+def check_steps(steps, limits: Limits, field: str = "num_inference_steps") -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0 or steps > limits.max_steps:
+        raise InvalidArgument(f"must be between 1 and {limits.max_steps}, got {steps}", field)
+    return steps
+
+
+def check_guidance(g, limits: Limits, field: str = "guidance_scale") -> float:
+    if not isinstance(g, (int, float)) or not math.isfinite(g) or g < 0 or g > limits.max_guidance:
+        raise InvalidArgument(f"must be a number between 0 and {limits.max_guidance}, got {g}", field)
+    return float(g)
+
+
+def resolve_seed(seed, field: str = "seed") -> int:
+    """None or -1 -> a fresh random seed (reported back); else 0..2^63-1."""
     if seed is None or seed == -1:
-        seed = random.SystemRandom().randrange(MAX_SEED)
-    elif not isinstance(seed, int) or seed < 0 or seed > MAX_SEED:
-        raise InvalidArgument(f"must be between 0 and {MAX_SEED} (or -1 for random), got {seed}", "seed")
-    if len(req.adapters) > limits.max_adapters:
-        raise InvalidArgument(f"at most {limits.max_adapters} adapters per request, got {len(req.adapters)}",
-                              "adapters")
-    for i, ref in enumerate(req.adapters):
-        from longcat.adapters.store import validate_name
+        return random.SystemRandom().randrange(MAX_SEED)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0 or seed > MAX_SEED:
+        raise InvalidArgument(f"must be between 0 and {MAX_SEED} (or -1 for random), got {seed}", field)
+    return seed
 
-        validate_name(ref.name, field=ADAPTER_NAME_FIELD.format(i=i))
-        if not isinstance(ref.scale, (int, float)) or not math.isfinite(ref.scale):
-            raise InvalidArgument(f"must be a finite number, got {ref.scale}", f"adapters[{i}].scale")
 
-    image = req.image if isinstance(req.image, Image.Image) else decode_image(
-        req.image, field="image", max_pixels=limits.max_input_pixels)
-    if isinstance(req.image, Image.Image):
-        from longcat.images import to_rgb
+def check_adapters(adapters, limits: Limits, field: str = "adapters") -> list[AdapterRef]:
+    from longcat.adapters.store import validate_name
 
-        image = to_rgb(req.image, field="image")
+    if len(adapters) > limits.max_adapters:
+        raise InvalidArgument(f"at most {limits.max_adapters} adapters per request, got {len(adapters)}", field)
+    for i, ref in enumerate(adapters):
+        validate_name(ref.name, field=f"{field}[{i}].name")
+        if isinstance(ref.scale, bool) or not isinstance(ref.scale, (int, float)) or not math.isfinite(ref.scale):
+            raise InvalidArgument(f"must be a finite number, got {ref.scale}", f"{field}[{i}].scale")
+    return list(adapters)
 
-    width, height = req.width or 0, req.height or 0
+
+def resolve_image(image, limits: Limits, field: str = "image") -> Image.Image:
+    if isinstance(image, Image.Image):
+        return to_rgb(image, field=field)
+    return decode_image(image, field=field, max_pixels=limits.max_input_pixels)
+
+
+def resolve_geometry(width: int, height: int, image_size: tuple[int, int], limits: Limits) -> Geometry:
+    """0 x 0 -> ~1 MP keeping the reference's aspect (or less where the pixel limit is lower); else checked."""
+    width, height = width or 0, height or 0
     if (width == 0) != (height == 0):
         raise InvalidArgument("give both width and height, or neither (0 = model default)",
                               "height" if height == 0 else "width")
     if width == 0:
-        # ~1 MP keeping the reference's aspect, or less where the operator's pixel limit is lower.
-        width, height = default_size(*image.size, area=min(DEFAULT_AREA, limits.max_pixels))
+        width, height = default_size(*image_size, area=min(DEFAULT_AREA, limits.max_pixels))
     check_size(width, height, limits.max_pixels, limits.min_side)
-    return ValidatedRequest(
-        image=image, prompt=req.prompt, negative_prompt=req.negative_prompt or "",
-        geometry=Geometry(width=width, height=height), num_inference_steps=steps,
-        guidance_scale=float(g), seed=int(seed), adapters=list(req.adapters), truncate_prompt=req.truncate_prompt,
-    )
+    return Geometry(width=width, height=height)
+
+
+def validate_request(req: EditRequest, limits: Limits = Limits()) -> ValidatedRequest:
+    """Check every field; raise :class:`InvalidArgument` naming the first field at fault."""
+    prompt = check_prompt(req.prompt)
+    negative = check_prompt(req.negative_prompt or "", "negative_prompt", required=False)
+    steps = check_steps(req.num_inference_steps, limits)
+    guidance = check_guidance(req.guidance_scale, limits)
+    seed = resolve_seed(req.seed)
+    adapters = check_adapters(req.adapters, limits)
+    image = resolve_image(req.image, limits)
+    geometry = resolve_geometry(req.width, req.height, image.size, limits)
+    return ValidatedRequest(image=image, prompt=prompt, negative_prompt=negative, geometry=geometry,
+                            num_inference_steps=steps, guidance_scale=guidance, seed=seed, adapters=adapters,
+                            truncate_prompt=bool(req.truncate_prompt))

@@ -1,0 +1,3 @@
+from services.denoiser.server import main
+
+main()

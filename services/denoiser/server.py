@@ -1,0 +1,74 @@
+"""Run the denoiser service: ``python -m services.denoiser`` or ``longcat serve denoiser``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from longcat.adapters import AdapterManager, AdapterStore
+from longcat.conditioning import Geometry
+from longcat.engine.denoise import DenoiseJob, DenoiseLoop
+from longcat.engine.request import Limits
+from longcat.logs import setup_logging
+from longcat.models.loading import DENOISER_COMPONENTS, load_components
+from longcat.rpc.config import EnvDefaults, add_model_args, add_server_args
+from longcat.rpc.metrics import serve_metrics
+from longcat.rpc.server import GrpcServer
+from longcat.v1 import denoiser_pb2_grpc
+from services.denoiser.servicer import SERVICE, DenoiserBackend, DenoiserServicer
+
+
+def build_parser(parser=None):
+    p = parser or EnvDefaults(prog="longcat serve denoiser",
+                              description="The denoiser service (transformer + VAE + scheduler).")
+    add_server_args(p, "denoiser")
+    add_model_args(p)
+    p.add_argument("--adapter-dir", default=os.path.expanduser("~/.cache/longcat/adapters"),
+                   help="adapter store: NAME/pytorch_lora_weights.safetensors")
+    p.add_argument("--adapter-cache", type=int, default=8, help="LoRA adapters kept loaded at once (LRU)")
+    p.add_argument("--no-cfg-batch", action="store_true",
+                   help="run CFG as two forwards instead of one batch-2 forward (half the activation memory)")
+    return p
+
+
+def warm_up(backend: DenoiserBackend) -> None:
+    """One real step and decode at the smallest size before SERVING."""
+    g = Geometry(width=64, height=64)
+    loop = backend.loop
+    embeds = torch.zeros(1, 8, backend.embed_dim, dtype=loop.dtype, device=loop.device)
+    reference = torch.zeros(1, g.image_seq_len, 64, dtype=loop.dtype, device=loop.device)
+    loop.decode(loop.run(DenoiseJob(embeds, embeds, reference, g, 1, 2.0, 0)), g)
+
+
+def build_backend(args) -> DenoiserBackend:
+    components = load_components(args.model, DENOISER_COMPONENTS, device=args.device, precision=args.precision)
+    root = Path(args.adapter_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    return DenoiserBackend(
+        loop=DenoiseLoop(components.transformer, components.vae, components.scheduler,
+                         cfg_batch=not args.no_cfg_batch),
+        adapters=AdapterManager(components.transformer, AdapterStore(root), capacity=args.adapter_cache),
+        limits=Limits(max_pixels=args.max_pixels, max_steps=args.max_steps),
+        adapter_root=root,
+    )
+
+
+def serve(args) -> None:
+    setup_logging(args.log_level)
+    serve_metrics(args.metrics_port)
+    servicer = DenoiserServicer()
+    server = GrpcServer([SERVICE], args.host, args.port, args.max_message_mb, args.threads)
+    denoiser_pb2_grpc.add_DenoiserServicer_to_server(servicer, server.server)
+    server.install_signal_handlers(args.grace_s)
+    server.start()  # health answers NOT_SERVING while the model loads
+    backend = build_backend(args)
+    warm_up(backend)
+    servicer.backend = backend
+    server.mark_serving()
+    server.wait()
+
+
+def main(argv=None) -> None:
+    serve(build_parser().parse_args(argv))

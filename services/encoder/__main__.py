@@ -1,0 +1,3 @@
+from services.encoder.server import main
+
+main()

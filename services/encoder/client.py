@@ -1,0 +1,51 @@
+"""Typed client of the encoder service, used by denoiser workers, the trainer and benchmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import torch
+
+from longcat.rpc.channel import make_channel
+from longcat.rpc.codec import from_proto
+from longcat.rpc.errors import error_from_rpc
+from longcat.v1 import encoder_pb2, encoder_pb2_grpc
+
+
+@dataclass
+class Encoded:
+    prompt_embeds: torch.Tensor
+    negative_embeds: torch.Tensor | None
+    width: int
+    height: int
+    cache_hit: bool
+    model_fingerprint: str
+
+
+class EncoderClient:
+    def __init__(self, address: str, channel: grpc.Channel | None = None, timeout: float | None = 300.0):
+        # The encoder is stateless: spread calls over every replica the name resolves to.
+        self.channel = channel or make_channel(address, balanced=True)
+        self.stub = encoder_pb2_grpc.EncoderStub(self.channel)
+        self.timeout = timeout
+
+    def encode(self, prompt: str, image: bytes, width: int = 0, height: int = 0, negative_prompt: str = "",
+               with_negative: bool = True, truncate_prompt: bool = False, timeout: float | None = None,
+               metadata=None) -> Encoded:
+        req = encoder_pb2.EncodePromptRequest(prompt=prompt, negative_prompt=negative_prompt, image=image,
+                                              width=width, height=height, with_negative=with_negative,
+                                              truncate_prompt=truncate_prompt)
+        try:
+            resp = self.stub.EncodePrompt(req, timeout=timeout or self.timeout, metadata=metadata)
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from None
+        return Encoded(
+            prompt_embeds=from_proto(resp.prompt_embeds, "prompt_embeds"),
+            negative_embeds=from_proto(resp.negative_embeds, "negative_embeds", required=False),
+            width=resp.width, height=resp.height, cache_hit=resp.cache_hit,
+            model_fingerprint=resp.model_fingerprint,
+        )
+
+    def close(self) -> None:
+        self.channel.close()
