@@ -12,7 +12,7 @@ TORCH_PIP_ARGS ?=
 DEMO_OUT ?= demo-output
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo protos clean help
+.PHONY: venv test demo protos redis clean help
 
 help:
 	@echo "make demo | make test | make protos | make clean"
@@ -30,12 +30,20 @@ venv: $(VENV)/.installed
 protos: venv
 	@$(PY) -m longcat.protos_build
 
+# The stack queues jobs in Redis: install the distribution's server when it is missing (tests start their own
+# private redis-server processes; nothing here touches a Redis that is already running).
+redis:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (Debian/Ubuntu package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
-test: protos
+test: protos redis
 	@set -o pipefail; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
-demo: protos
+demo: protos redis
 	@mkdir -p $(DEMO_OUT)
 	$(VENV)/bin/longcat tiny --out $(DEMO_OUT)/tiny-model
 	$(VENV)/bin/longcat edit --model $(DEMO_OUT)/tiny-model --image examples/sample.png \

@@ -59,7 +59,9 @@ def decode_image(data: bytes, field: str = "image", max_pixels: int = DEFAULT_MA
     except MemoryError:
         raise
     except Exception as e:  # PIL plugins raise OSError, SyntaxError, ValueError, EOFError, struct.error...
-        raise InvalidImage(f"cannot be decoded as PNG, JPEG or WebP ({type(e).__name__}: {e})", field) from e
+        why = "not a recognised image format" if isinstance(e, Image.UnidentifiedImageError) else \
+            f"{type(e).__name__}: {e}"
+        raise InvalidImage(f"cannot be decoded as PNG, JPEG or WebP ({why})", field) from e
     return to_rgb(img, field)
 
 

@@ -40,3 +40,14 @@ def sample_image():
 
     rng = np.random.RandomState(0)
     return Image.fromarray((rng.rand(96, 128, 3) * 255).astype("uint8"))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A private redis-server on a free port for this test session (never a Redis we did not start)."""
+    from tests.redis_proc import RedisProcess
+
+    server = RedisProcess(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

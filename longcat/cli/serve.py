@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-SERVICES = ("encoder", "denoiser")
+SERVICES = ("encoder", "denoiser", "gateway")
 
 
 def register(sub) -> None:

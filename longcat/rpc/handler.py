@@ -50,6 +50,9 @@ def _finish(service: str, method: str, start: float, context, exc: BaseException
 
 def _abort(context, exc: BaseException):
     code = status_for(exc)
+    trailers = getattr(exc, "trailers", None)
+    if trailers:  # e.g. a retry hint with RESOURCE_EXHAUSTED
+        context.set_trailing_metadata(tuple((k, str(v)) for k, v in trailers.items()))
     message = str(exc) if isinstance(exc, LongCatError) else f"internal error: {type(exc).__name__}"
     context.abort(code, message)
 

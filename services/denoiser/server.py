@@ -25,11 +25,18 @@ def build_parser(parser=None):
                               description="The denoiser service (transformer + VAE + scheduler).")
     add_server_args(p, "denoiser")
     add_model_args(p)
-    p.add_argument("--adapter-dir", default=os.path.expanduser("~/.cache/longcat/adapters"),
+    p.add_argument("--adapter-dir", default="~/.cache/longcat/adapters",
                    help="adapter store: NAME/pytorch_lora_weights.safetensors")
     p.add_argument("--adapter-cache", type=int, default=8, help="LoRA adapters kept loaded at once (LRU)")
     p.add_argument("--no-cfg-batch", action="store_true",
                    help="run CFG as two forwards instead of one batch-2 forward (half the activation memory)")
+    p.add_argument("--redis-url", default="", help="consume edit jobs from this Redis ('' = gRPC only)")
+    p.add_argument("--namespace", default="lc", help="Redis key prefix (as the gateway's)")
+    p.add_argument("--encoder", default="127.0.0.1:50061", help="encoder service address for edit jobs")
+    p.add_argument("--heartbeat-timeout-s", type=float, default=30.0,
+                   help="a job whose worker is silent this long is taken over by another worker")
+    p.add_argument("--max-attempts", type=int, default=3, help="deliveries before a job is FAILED (dead letter)")
+    p.add_argument("--result-ttl-s", type=int, default=3600, help="how long finished jobs and results are kept")
     return p
 
 
@@ -44,7 +51,7 @@ def warm_up(backend: DenoiserBackend) -> None:
 
 def build_backend(args) -> DenoiserBackend:
     components = load_components(args.model, DENOISER_COMPONENTS, device=args.device, precision=args.precision)
-    root = Path(args.adapter_dir)
+    root = Path(os.path.expanduser(args.adapter_dir))
     root.mkdir(parents=True, exist_ok=True)
     return DenoiserBackend(
         loop=DenoiseLoop(components.transformer, components.vae, components.scheduler,
@@ -66,8 +73,28 @@ def serve(args) -> None:
     backend = build_backend(args)
     warm_up(backend)
     servicer.backend = backend
+    worker = start_worker(args, backend) if args.redis_url else None
     server.mark_serving()
     server.wait()
+    if worker is not None:
+        worker.stop()
+        worker.idle.wait(args.grace_s)  # finish the job in hand; past the grace it is reclaimed elsewhere
+
+
+def start_worker(args, backend: DenoiserBackend):
+    import threading
+
+    from longcat.jobs.connection import connect
+    from longcat.jobs.keys import Keys
+    from longcat.jobs.store import JobStore
+    from services.denoiser.worker import EditWorker
+    from services.encoder.client import EncoderClient
+
+    store = JobStore(connect(args.redis_url), Keys(args.namespace), result_ttl_s=args.result_ttl_s)
+    worker = EditWorker(store, backend, EncoderClient(args.encoder), heartbeat_timeout_s=args.heartbeat_timeout_s,
+                        max_attempts=args.max_attempts)
+    threading.Thread(target=worker.run_forever, name="edit-worker", daemon=True).start()
+    return worker
 
 
 def main(argv=None) -> None:

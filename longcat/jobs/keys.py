@@ -1,0 +1,54 @@
+"""Redis key names. One namespace per stack, so several stacks can share a Redis server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    ns: str = "lc"
+
+    @property
+    def edit_stream(self) -> str:        # the edit jobs, consumed by the "denoisers" group
+        return f"{self.ns}:edit:stream"
+
+    @property
+    def edit_queue(self) -> str:         # zset of QUEUED edit jobs by arrival: depth and positions
+        return f"{self.ns}:edit:queue"
+
+    @property
+    def edit_dead(self) -> str:          # dead letters: jobs that failed every delivery
+        return f"{self.ns}:edit:dead"
+
+    @property
+    def sequence(self) -> str:
+        return f"{self.ns}:seq"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.ns}:job:{job_id}"
+
+    def request(self, job_id: str) -> str:
+        return f"{self.ns}:job:{job_id}:request"
+
+    def events(self, job_id: str) -> str:
+        return f"{self.ns}:job:{job_id}:events"
+
+    def result(self, job_id: str) -> str:
+        return f"{self.ns}:job:{job_id}:result"
+
+    def idempotency(self, owner: str, request_id: str) -> str:
+        return f"{self.ns}:idem:{owner}:{request_id}"
+
+    def owner_jobs(self, owner: str) -> str:
+        return f"{self.ns}:owner:{owner}:jobs"
+
+    @property
+    def adapters(self) -> str:
+        return f"{self.ns}:adapters"
+
+    def lock(self, name: str) -> str:
+        return f"{self.ns}:lock:{name}"
+
+
+EDIT_GROUP = "denoisers"

@@ -1,0 +1,112 @@
+"""Lua scripts for every job state change: atomic with its event, guarded by state and fencing token."""
+
+# KEYS: idem, job, request, queue(zset), stream, events, seq, owner_jobs
+# ARGV: job_id, max_queue, request_bytes, idem_ttl, now, use_idem(0/1), enqueue(0/1), field, value, ...
+SUBMIT = """
+if ARGV[6] == '1' then
+  local existing = redis.call('GET', KEYS[1])
+  if existing then return {0, existing, 0} end
+end
+local enqueue = ARGV[7] == '1'
+if enqueue then
+  local depth = redis.call('ZCARD', KEYS[4])
+  if tonumber(ARGV[2]) > 0 and depth >= tonumber(ARGV[2]) then return {-1, '', depth} end
+end
+local seq = redis.call('INCR', KEYS[7])
+local fields = {}
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[2], 'seq', seq, unpack(fields))
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('ZADD', KEYS[8], ARGV[5], ARGV[1])
+local pos = 0
+if enqueue then
+  redis.call('ZADD', KEYS[4], seq, ARGV[1])
+  redis.call('XADD', KEYS[5], '*', 'job', ARGV[1])
+  pos = redis.call('ZRANK', KEYS[4], ARGV[1]) + 1
+end
+redis.call('XADD', KEYS[6], 'MAXLEN', '~', 10000, '*', 'kind', 'queued', 'state', 'QUEUED', 'position', pos,
+           'time', ARGV[5])
+if ARGV[6] == '1' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4]) end
+return {1, ARGV[1], pos}
+"""
+
+# KEYS: job, queue(zset), events, dead
+# ARGV: job_id, token, now, max_attempts, ttl
+# -> {outcome, attempts}; outcome: RUNNING (run it), EXPIRED / DEAD (made terminal here), a terminal state
+#    (nothing to do), or MISSING.
+CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {'MISSING', 0} end
+if state ~= 'QUEUED' and state ~= 'RUNNING' then return {state, 0} end
+redis.call('ZREM', KEYS[2], ARGV[1])
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local function finish(st, code, reason)
+  redis.call('HSET', KEYS[1], 'state', st, 'error_code', code, 'reason', reason, 'finished_at', ARGV[3])
+  redis.call('HDEL', KEYS[1], 'worker')
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'kind', 'terminal', 'state', st, 'time', ARGV[3])
+  for _, k in ipairs({KEYS[1], KEYS[3]}) do redis.call('EXPIRE', k, ARGV[5]) end
+end
+local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline') or '0')
+if deadline > 0 and tonumber(ARGV[3]) > deadline then
+  finish('FAILED', 'DEADLINE_EXCEEDED', 'its deadline passed before a worker could run it; it was not run')
+  return {'EXPIRED', attempts}
+end
+if attempts > tonumber(ARGV[4]) then
+  local code = redis.call('HGET', KEYS[1], 'last_error_code') or 'INTERNAL'
+  local last = redis.call('HGET', KEYS[1], 'last_error') or 'its worker stopped answering'
+  finish('FAILED', code, 'failed ' .. (attempts - 1) .. ' deliveries; last error: ' .. last)
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', 10000, '*', 'job', ARGV[1], 'time', ARGV[3])
+  return {'DEAD', attempts}
+end
+redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'worker', ARGV[2])
+if redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then redis.call('HSET', KEYS[1], 'started_at', ARGV[3]) end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'kind', 'running', 'state', 'RUNNING', 'time', ARGV[3],
+           'message', 'attempt ' .. attempts)
+return {'RUNNING', attempts}
+"""
+
+# KEYS: job, events, request
+# ARGV: token, state, now, error_code, reason, ttl, field, value, ...
+# -> 1 when this worker's result was recorded, 0 when the job is no longer this worker's (fencing).
+FINISH = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'RUNNING' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then
+  return 0
+end
+local fields = {}
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'finished_at', ARGV[3], 'error_code', ARGV[4], 'reason', ARGV[5])
+if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
+redis.call('HDEL', KEYS[1], 'worker')
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', 'kind', 'terminal', 'state', ARGV[2], 'time', ARGV[3])
+for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, ARGV[6]) end
+return 1
+"""
+
+# KEYS: job, queue(zset), events, request
+# ARGV: job_id, now, ttl -> the state after the call (CANCELLED at once when queued; RUNNING = requested)
+CANCEL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'MISSING' end
+if state == 'QUEUED' then
+  redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'error_code', 'CANCELLED', 'reason', 'cancelled while queued',
+             'finished_at', ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'kind', 'terminal', 'state', 'CANCELLED', 'time', ARGV[2])
+  for _, k in ipairs({KEYS[1], KEYS[3], KEYS[4]}) do redis.call('EXPIRE', k, ARGV[3]) end
+  return 'CANCELLED'
+end
+if state == 'RUNNING' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+  return 'RUNNING'
+end
+return state
+"""
+
+# KEYS: job, events; ARGV: token, now, field, value, ... -> 1 if still this worker's job (progress recorded)
+PROGRESS = """
+if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return 0 end
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', unpack(fields))
+return 1
+"""

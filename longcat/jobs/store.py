@@ -1,0 +1,241 @@
+"""The job store: records, the edit stream, events and results in Redis (see ``scripts.py`` for the
+atomic state changes)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import redis
+
+from longcat.errors import ResourceExhausted
+from longcat.jobs import scripts
+from longcat.jobs.keys import EDIT_GROUP, Keys
+from longcat.v1 import common_pb2, edit_pb2
+
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+_FLOATS = ("created_at", "started_at", "finished_at", "deadline")
+_INTS = ("attempts", "seq", "step", "total_steps", "width", "height", "seed")
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@dataclass
+class JobView:
+    """A job record as stored (the hash ``lc:job:<id>``)."""
+
+    id: str
+    kind: str = "edit"
+    state: str = "QUEUED"
+    owner: str = ""
+    request_id: str = ""
+    reason: str = ""
+    error_code: str = ""
+    created_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    deadline: float = 0.0
+    attempts: int = 0
+    seq: int = 0
+    step: int = 0
+    total_steps: int = 0
+    width: int = 0
+    height: int = 0
+    seed: int = 0
+    adapter_name: str = ""
+    timings: dict = field(default_factory=dict)
+    cancel_requested: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_hash(cls, job_id: str, raw: dict) -> "JobView":
+        data = {_s(k): _s(v) for k, v in raw.items()}
+        view = cls(id=job_id)
+        for k, v in data.items():
+            if k in _FLOATS:
+                setattr(view, k, float(v or 0))
+            elif k in _INTS:
+                setattr(view, k, int(float(v or 0)))
+            elif k == "timings":
+                view.timings = json.loads(v or "{}")
+            elif k == "cancel_requested":
+                view.cancel_requested = v == "1"
+            elif k in ("kind", "state", "owner", "request_id", "reason", "error_code", "adapter_name"):
+                setattr(view, k, v)
+            else:
+                view.extra[k] = v
+        return view
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    def to_proto(self, result_png: bytes | None = None, position: int = 0) -> edit_pb2.Job:
+        job = edit_pb2.Job(
+            id=self.id, kind=edit_pb2.JobKind.Value(self.kind.upper()), state=edit_pb2.JobState.Value(self.state),
+            reason=self.reason, error_code=self.error_code, created_at=self.created_at, started_at=self.started_at,
+            finished_at=self.finished_at, queue_position=position, request_id=self.request_id,
+            adapter_name=self.adapter_name, step=self.step, total_steps=self.total_steps, attempts=self.attempts)
+        if self.state == "SUCCEEDED" and self.kind == "edit":
+            t = self.timings
+            job.result.CopyFrom(edit_pb2.EditResult(
+                image=result_png or b"", width=self.width, height=self.height, seed=self.seed, job_id=self.id,
+                timings=common_pb2.Timings(**{k: float(t.get(k, 0.0)) for k in
+                                              ("queued_s", "encode_s", "denoise_s", "decode_s", "total_s")})))
+        return job
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, keys: Keys = Keys(), result_ttl_s: int = 3600,
+                 idempotency_ttl_s: int = 86400):
+        self.r = client
+        self.k = keys
+        self.result_ttl_s = result_ttl_s
+        self.idempotency_ttl_s = idempotency_ttl_s
+        self._submit = client.register_script(scripts.SUBMIT)
+        self._claim = client.register_script(scripts.CLAIM)
+        self._finish = client.register_script(scripts.FINISH)
+        self._cancel = client.register_script(scripts.CANCEL)
+        self._progress = client.register_script(scripts.PROGRESS)
+
+    # --- gateway side -------------------------------------------------------------------------------------
+
+    def submit(self, kind: str, owner: str, request: bytes, request_id: str = "", deadline: float = 0.0,
+               max_queue: int = 0, enqueue: bool = True, fields: dict | None = None) -> tuple[str, bool, int]:
+        """Record a job (and queue it on the edit stream). Returns (job id, created, queue position).
+
+        The same (owner, request_id) returns the first job, not a new one; a full queue raises
+        :class:`ResourceExhausted`.
+        """
+        job_id = uuid.uuid4().hex
+        now = time.time()
+        flat = {"id": job_id, "kind": kind, "state": "QUEUED", "owner": owner, "request_id": request_id,
+                "created_at": now, "deadline": deadline, "attempts": 0, **(fields or {})}
+        argv = [job_id, max_queue, request, self.idempotency_ttl_s, now, int(bool(request_id)), int(enqueue)]
+        for k, v in flat.items():
+            argv += [k, json.dumps(v) if isinstance(v, dict) else v]
+        idem = self.k.idempotency(owner, request_id) if request_id else self.k.idempotency(owner, "-")
+        status, existing, position = self._submit(
+            keys=[idem, self.k.job(job_id), self.k.request(job_id), self.k.edit_queue, self.k.edit_stream,
+                  self.k.events(job_id), self.k.sequence, self.k.owner_jobs(owner)], args=argv)
+        if status == -1:
+            raise ResourceExhausted(f"the edit queue is full ({position} jobs waiting); retry in a few seconds",
+                                    "queue")
+        return _s(existing), status == 1, int(position)
+
+    def get(self, job_id: str) -> JobView | None:
+        raw = self.r.hgetall(self.k.job(job_id))
+        return JobView.from_hash(job_id, raw) if raw else None
+
+    def position(self, job_id: str) -> int:
+        rank = self.r.zrank(self.k.edit_queue, job_id)
+        return 0 if rank is None else rank + 1
+
+    def queue_depth(self) -> int:
+        return int(self.r.zcard(self.k.edit_queue))
+
+    def to_proto(self, view: JobView) -> edit_pb2.Job:
+        png = self.result(view.id) if view.state == "SUCCEEDED" else None
+        return view.to_proto(png, self.position(view.id) if view.state == "QUEUED" else 0)
+
+    def cancel(self, job_id: str) -> str:
+        return _s(self._cancel(keys=[self.k.job(job_id), self.k.edit_queue, self.k.events(job_id),
+                                     self.k.request(job_id)], args=[job_id, time.time(), self.result_ttl_s]))
+
+    def events(self, job_id: str, after: str = "0", block_ms: int | None = None, count: int = 100):
+        """[(event id, fields)] after ``after``; blocks up to ``block_ms`` for new ones."""
+        out = self.r.xread({self.k.events(job_id): after or "0"}, count=count, block=block_ms)
+        return [(_s(eid), {_s(k): v for k, v in f.items()}) for _, entries in out for eid, f in entries]
+
+    def list(self, owner: str | None, kind: str = "", state: str = "", limit: int = 100) -> list[JobView]:
+        owners = [owner] if owner is not None else [
+            _s(k).split(":")[-2] for k in self.r.scan_iter(match=self.k.owner_jobs("*"), count=1000)]
+        ids = []
+        for o in owners:
+            ids += [_s(i) for i in self.r.zrevrange(self.k.owner_jobs(o), 0, max(limit, 1) * 4)]
+        views = [v for v in (self.get(i) for i in ids) if v is not None]
+        views = [v for v in views if (not kind or v.kind == kind) and (not state or v.state == state)]
+        return sorted(views, key=lambda v: -v.created_at)[:limit]
+
+    # --- worker side --------------------------------------------------------------------------------------
+
+    def request_bytes(self, job_id: str) -> bytes | None:
+        return self.r.get(self.k.request(job_id))
+
+    def claim(self, job_id: str, token: str, max_attempts: int) -> tuple[str, int]:
+        outcome, attempts = self._claim(
+            keys=[self.k.job(job_id), self.k.edit_queue, self.k.events(job_id), self.k.edit_dead],
+            args=[job_id, token, time.time(), max_attempts, self.result_ttl_s])
+        return _s(outcome), int(attempts)
+
+    def finish(self, job_id: str, token: str, state: str, error_code: str = "", reason: str = "",
+               fields: dict | None = None) -> bool:
+        argv = [token, state, time.time(), error_code, reason, self.result_ttl_s]
+        for k, v in (fields or {}).items():
+            argv += [k, json.dumps(v) if isinstance(v, dict) else v]
+        return bool(self._finish(keys=[self.k.job(job_id), self.k.events(job_id), self.k.request(job_id),
+                                       self.k.result(job_id)], args=argv))
+
+    def progress(self, job_id: str, token: str, event: dict) -> bool:
+        """Append an event if the job is still this worker's; False means stop (taken over or finished)."""
+        argv = [token, time.time()]
+        for k, v in {"time": time.time(), **event}.items():
+            argv += [k, v]
+        return bool(self._progress(keys=[self.k.job(job_id), self.k.events(job_id)], args=argv))
+
+    def add_event(self, job_id: str, event: dict) -> str:
+        return _s(self.r.xadd(self.k.events(job_id), {"time": time.time(), **event}, maxlen=10000,
+                              approximate=True))
+
+    def update(self, job_id: str, **fields) -> None:
+        self.r.hset(self.k.job(job_id), mapping={k: json.dumps(v) if isinstance(v, dict) else v
+                                                 for k, v in fields.items()})
+
+    def record_error(self, job_id: str, code: str, message: str) -> None:
+        self.r.hset(self.k.job(job_id), mapping={"last_error_code": code, "last_error": message[:2000]})
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.r.hget(self.k.job(job_id), "cancel_requested") == b"1"
+
+    def set_result(self, job_id: str, png: bytes) -> None:
+        self.r.set(self.k.result(job_id), png, ex=self.result_ttl_s)
+
+    def result(self, job_id: str) -> bytes | None:
+        return self.r.get(self.k.result(job_id))
+
+    # --- the edit stream and its consumer group --------------------------------------------------------
+
+    def ensure_group(self) -> None:
+        try:
+            self.r.xgroup_create(self.k.edit_stream, EDIT_GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def read_new(self, consumer: str, block_ms: int) -> list[tuple[str, str]]:
+        out = self.r.xreadgroup(EDIT_GROUP, consumer, {self.k.edit_stream: ">"}, count=1, block=block_ms)
+        return [(_s(eid), _s(f[b"job"])) for _, entries in out for eid, f in entries]
+
+    def reclaim_stale(self, consumer: str, min_idle_ms: int) -> list[tuple[str, str]]:
+        """Take over entries whose worker stopped heart-beating (died) for ``min_idle_ms``."""
+        _, entries, deleted = self.r.xautoclaim(self.k.edit_stream, EDIT_GROUP, consumer, min_idle_ms,
+                                                start_id="0-0", count=1)
+        for eid in deleted or ():  # entries trimmed away: nothing to run, drop them from the PEL
+            self.r.xack(self.k.edit_stream, EDIT_GROUP, eid)
+        return [(_s(eid), _s(f[b"job"])) for eid, f in entries if f]
+
+    def heartbeat(self, consumer: str, entry_id: str) -> None:
+        """Reset the entry's idle time: the job is alive on this worker."""
+        self.r.xclaim(self.k.edit_stream, EDIT_GROUP, consumer, 0, [entry_id], justid=True)
+
+    def ack(self, entry_id: str) -> None:
+        self.r.xack(self.k.edit_stream, EDIT_GROUP, entry_id)
+        self.r.xdel(self.k.edit_stream, entry_id)
+
+    def lag(self) -> int:
+        """Entries not yet delivered to any worker plus those in flight (what autoscaling reads)."""
+        return int(self.r.xlen(self.k.edit_stream))

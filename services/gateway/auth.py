@@ -1,0 +1,61 @@
+"""Optional API keys: ``authorization: Bearer <key>`` metadata -> the caller's owner name.
+
+Keys come from a file (JSON ``{"<key>": "<owner>"}`` or lines ``owner:key``) and/or ``LONGCAT_API_KEYS``
+(``owner:key,owner2:key2``). With no keys configured, everyone is the owner "anonymous".
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from pathlib import Path
+
+from longcat.errors import Unauthenticated
+
+ANONYMOUS = "anonymous"
+
+
+def _parse_pairs(text: str) -> dict[str, str]:
+    keys = {}
+    for item in text.replace(",", "\n").splitlines():
+        item = item.strip()
+        if not item or item.startswith("#"):
+            continue
+        owner, sep, key = item.partition(":")
+        if not sep or not owner or not key:
+            raise ValueError(f"API key entries are owner:key, got {item!r}")
+        keys[key.strip()] = owner.strip()
+    return keys
+
+
+class ApiKeys:
+    def __init__(self, keys: dict[str, str] | None = None):
+        self.keys = dict(keys or {})
+
+    @classmethod
+    def load(cls, path: str | None = None, env: str | None = None) -> "ApiKeys":
+        keys: dict[str, str] = {}
+        if path:
+            text = Path(path).read_text()
+            keys.update(json.loads(text) if text.lstrip().startswith("{") else _parse_pairs(text))
+        env = os.environ.get("LONGCAT_API_KEYS", "") if env is None else env
+        if env:
+            keys.update(_parse_pairs(env))
+        return cls(keys)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+    def owner(self, context) -> str:
+        if not self.enabled:
+            return ANONYMOUS
+        token = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization" and value.lower().startswith("bearer "):
+                token = value[7:].strip()
+        for known, owner in self.keys.items():  # constant-time compare against every key
+            if token and hmac.compare_digest(known.encode(), token.encode()):
+                return owner
+        raise Unauthenticated("a valid API key is required (metadata 'authorization: Bearer <key>')")

@@ -1,0 +1,99 @@
+"""Run the gateway: ``python -m services.gateway`` or ``longcat serve gateway``. It never loads a model
+(at most the tokenizer, to refuse over-long prompts before they are queued)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from grpc_health.v1 import health_pb2
+
+from longcat.adapters import AdapterStore
+from longcat.adapters.registry import AdapterRegistry
+from longcat.engine.request import Limits
+from longcat.jobs.connection import REDIS_ERRORS, connect
+from longcat.jobs.keys import Keys
+from longcat.jobs.store import JobStore
+from longcat.logs import setup_logging
+from longcat.rpc.config import EnvDefaults, add_server_args
+from longcat.rpc.metrics import serve_metrics
+from longcat.rpc.server import GrpcServer
+from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc
+from services.gateway import adapters, edit
+from services.gateway.auth import ApiKeys
+
+log = logging.getLogger("longcat.gateway")
+
+
+def add_stack_args(p) -> None:
+    """Flags every service that talks to Redis shares."""
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis for jobs and events")
+    p.add_argument("--namespace", default="lc", help="Redis key prefix (several stacks can share one Redis)")
+    p.add_argument("--adapter-dir", default="~/.cache/longcat/adapters", help="the shared adapter store folder")
+    p.add_argument("--result-ttl-s", type=int, default=3600, help="how long finished jobs and results are kept")
+
+
+def build_parser(parser=None):
+    p = parser or EnvDefaults(prog="longcat serve gateway", description="The public gateway.")
+    add_server_args(p, "gateway")
+    add_stack_args(p)
+    p.add_argument("--model", default="", help="load this model's tokenizer to check prompt lengths ('' = skip)")
+    p.add_argument("--api-keys-file", default="", help="API keys: JSON {key: owner} or lines owner:key "
+                                                       "(also LONGCAT_API_KEYS=owner:key,...); none = auth off")
+    p.add_argument("--max-queue", type=int, default=1000, help="edit jobs waiting before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest output (width x height)")
+    p.add_argument("--max-steps", type=int, default=200, help="most denoising steps a request may ask for")
+    return p
+
+
+def monitor_redis(client, server: GrpcServer, stop: threading.Event, period_s: float = 2.0) -> None:
+    """Readiness follows Redis: without it the gateway can only answer UNAVAILABLE."""
+    serving = None
+    while not stop.is_set():
+        try:
+            client.ping()
+            ok = True
+        except REDIS_ERRORS:
+            ok = False
+        if ok != serving:
+            serving = ok
+            if ok:
+                server.mark_serving()
+            else:
+                log.warning("redis unreachable: NOT_SERVING until it is back")
+                for name in ["", *server.service_names]:
+                    server.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        stop.wait(period_s)
+
+
+def serve(args) -> None:
+    import os
+
+    setup_logging(args.log_level)
+    serve_metrics(args.metrics_port)
+    client = connect(args.redis_url)
+    keys = Keys(args.namespace)
+    store = JobStore(client, keys, result_ttl_s=args.result_ttl_s)
+    auth = ApiKeys.load(args.api_keys_file or None)
+    tokenizer = None
+    if args.model:
+        from longcat.models.loading import load_components
+
+        tokenizer = load_components(args.model, ("tokenizer",), device="cpu").tokenizer
+    limits = Limits(max_pixels=args.max_pixels, max_steps=args.max_steps)
+    registry = AdapterRegistry(client, AdapterStore(os.path.expanduser(args.adapter_dir)), keys)
+
+    server = GrpcServer([edit.SERVICE, adapters.SERVICE], args.host, args.port, args.max_message_mb, args.threads)
+    edit_pb2_grpc.add_EditServiceServicer_to_server(
+        edit.EditServicer(store, auth, limits, args.max_queue, tokenizer), server.server)
+    adapters_pb2_grpc.add_AdapterServiceServicer_to_server(adapters.AdapterServicer(registry, auth), server.server)
+    stop = threading.Event()
+    server.install_signal_handlers(args.grace_s, on_stop=stop.set)
+    server.start()
+    log.info("gateway up", extra={"auth": "on" if auth.enabled else "off", "redis": args.redis_url})
+    threading.Thread(target=monitor_redis, args=(client, server, stop), daemon=True).start()
+    server.wait()
+
+
+def main(argv=None) -> None:
+    serve(build_parser().parse_args(argv))
