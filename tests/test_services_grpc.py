@@ -166,7 +166,6 @@ def _encode_error(services, **kw):
 
 
 @pytest.mark.parametrize("kw,field", [
-    (dict(prompt="", width=64, height=64), "prompt"),
     (dict(prompt="x", image=b"", width=64, height=64), "image"),
     (dict(prompt="x", image=b"GIF89a-broken", width=64, height=64), "image"),
     (dict(prompt="x", width=100, height=64), "width"),

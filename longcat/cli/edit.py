@@ -42,6 +42,7 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="in-process: cpu, cuda, cuda:1 or auto")
     p.add_argument("--precision", default="fp32", help="in-process: fp32, bf16, fp16, int8-quanto, fp8-torchao")
     p.add_argument("--truncate-prompt", action="store_true", help="truncate prompts over 512 tokens instead of failing")
+    p.add_argument("--api-key", default=None, help="with --gateway: API key (default $LONGCAT_API_KEY)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
     p.set_defaults(func=run)
 
@@ -49,9 +50,37 @@ def register(sub) -> None:
 def run(args) -> int:
     gateway = args.gateway or (None if args.model else os.environ.get("LONGCAT_GATEWAY"))
     if gateway:
-        raise InvalidArgument("editing through a gateway needs the gateway service, which this build does not "
-                              "include yet; use --model to edit in-process", "gateway")
+        args.gateway = gateway
+        return _run_remote(args)
     return _run_in_process(args)
+
+
+def _run_remote(args) -> int:
+    """Through the stack: submit, follow the steps with a progress bar, write the result."""
+    from longcat.cli.remote import client, follow
+    from longcat.client.sync import _job_error
+    from longcat.errors import NotFound
+    from longcat.v1 import edit_pb2
+
+    image_path = Path(args.image)
+    if not image_path.is_file():
+        raise NotFound(f"no such file {args.image!r}", "image")
+    with client(args) as lc:
+        job = lc.submit_edit(image_path.read_bytes(), args.prompt, negative_prompt=args.negative_prompt,
+                             width=args.width, height=args.height, steps=args.steps, guidance=args.guidance,
+                             seed=args.seed, adapters=args.adapter, truncate_prompt=args.truncate_prompt)
+        final = follow(lc, job.id, bars=not args.json)
+    if final.state != edit_pb2.SUCCEEDED:
+        raise _job_error(final)
+    r = final.result
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(r.image)
+    summary = {"ok": True, "out": str(out), "job_id": job.id, "width": r.width, "height": r.height, "seed": r.seed,
+               "timings": {"queued_s": round(r.timings.queued_s, 4), "total_s": round(r.timings.total_s, 4)}}
+    print(json.dumps(summary) if args.json else
+          f"wrote {out} ({r.width}x{r.height}, seed {r.seed}, job {job.id}, {r.timings.total_s:.2f}s)")
+    return 0
 
 
 def _run_in_process(args) -> int:

@@ -10,8 +10,9 @@ from longcat.errors import Cancelled, InvalidArgument, LongCatError, NotFound
 
 # Exit codes scripts can rely on.
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_CANCELLED = 0, 1, 2, 3, 130
+EXIT_UNAVAILABLE, EXIT_UNAUTHENTICATED = 4, 5
 
-COMMANDS = ("tiny", "edit", "serve")
+COMMANDS = ("tiny", "edit", "serve", "up", "train", "validate", "jobs", "adapters")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,13 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or EXIT_OK)
     except (InvalidArgument, NotFound, Cancelled, LongCatError) as exc:
         return _fail(args, exc)
+    except OSError as exc:  # a file the user named could not be read or written
+        return _fail(args, LongCatError(str(exc)))
     except KeyboardInterrupt:
         return _fail(args, Cancelled("interrupted"))
 
 
 def _fail(args, exc: LongCatError) -> int:
-    code = {"INVALID_ARGUMENT": EXIT_INVALID, "NOT_FOUND": EXIT_NOT_FOUND, "CANCELLED": EXIT_CANCELLED}.get(
-        exc.code, EXIT_ERROR)
+    code = {"INVALID_ARGUMENT": EXIT_INVALID, "NOT_FOUND": EXIT_NOT_FOUND, "CANCELLED": EXIT_CANCELLED,
+            "UNAVAILABLE": EXIT_UNAVAILABLE, "UNAUTHENTICATED": EXIT_UNAUTHENTICATED}.get(exc.code, EXIT_ERROR)
     if getattr(args, "json", False):
         print(json.dumps({"ok": False, "code": exc.code, "field": exc.field, "error": str(exc)}))
     else:

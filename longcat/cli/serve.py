@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-SERVICES = ("encoder", "denoiser", "gateway")
+SERVICES = ("encoder", "denoiser", "gateway", "trainer")
 
 
 def register(sub) -> None:

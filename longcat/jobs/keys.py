@@ -22,6 +22,17 @@ class Keys:
         return f"{self.ns}:edit:dead"
 
     @property
+    def train_queue(self) -> str:        # zset of QUEUED training jobs (positions); Celery carries the work
+        return f"{self.ns}:train:queue"
+
+    @property
+    def train_active(self) -> str:       # training jobs a worker holds; the reaper checks their leases
+        return f"{self.ns}:train:active"
+
+    def train_lease(self, job_id: str) -> str:
+        return f"{self.ns}:train:lease:{job_id}"
+
+    @property
     def sequence(self) -> str:
         return f"{self.ns}:seq"
 

@@ -1,7 +1,8 @@
 """Lua scripts for every job state change: atomic with its event, guarded by state and fencing token."""
 
 # KEYS: idem, job, request, queue(zset), stream, events, seq, owner_jobs
-# ARGV: job_id, max_queue, request_bytes, idem_ttl, now, use_idem(0/1), enqueue(0/1), field, value, ...
+# ARGV: job_id, max_queue, request_bytes, idem_ttl, now, use_idem(0/1), enqueue(0/1), to_stream(0/1),
+#       field, value, ...
 SUBMIT = """
 if ARGV[6] == '1' then
   local existing = redis.call('GET', KEYS[1])
@@ -14,14 +15,14 @@ if enqueue then
 end
 local seq = redis.call('INCR', KEYS[7])
 local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], 'seq', seq, unpack(fields))
 redis.call('SET', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[8], ARGV[5], ARGV[1])
 local pos = 0
 if enqueue then
   redis.call('ZADD', KEYS[4], seq, ARGV[1])
-  redis.call('XADD', KEYS[5], '*', 'job', ARGV[1])
+  if ARGV[8] == '1' then redis.call('XADD', KEYS[5], '*', 'job', ARGV[1]) end
   pos = redis.call('ZRANK', KEYS[4], ARGV[1]) + 1
 end
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', 10000, '*', 'kind', 'queued', 'state', 'QUEUED', 'position', pos,

@@ -24,6 +24,14 @@ def _s(v) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
+def _int(v: str) -> int:
+    """Exact for 63-bit values such as seeds (a float round trip would change them); tolerates '3.0'."""
+    try:
+        return int(v or 0)
+    except ValueError:
+        return int(float(v))
+
+
 @dataclass
 class JobView:
     """A job record as stored (the hash ``lc:job:<id>``)."""
@@ -59,7 +67,7 @@ class JobView:
             if k in _FLOATS:
                 setattr(view, k, float(v or 0))
             elif k in _INTS:
-                setattr(view, k, int(float(v or 0)))
+                setattr(view, k, _int(v))
             elif k == "timings":
                 view.timings = json.loads(v or "{}")
             elif k == "cancel_requested":
@@ -104,9 +112,13 @@ class JobStore:
 
     # --- gateway side -------------------------------------------------------------------------------------
 
+    def queue_key(self, kind: str) -> str:
+        return self.k.edit_queue if kind == "edit" else self.k.train_queue
+
     def submit(self, kind: str, owner: str, request: bytes, request_id: str = "", deadline: float = 0.0,
-               max_queue: int = 0, enqueue: bool = True, fields: dict | None = None) -> tuple[str, bool, int]:
-        """Record a job (and queue it on the edit stream). Returns (job id, created, queue position).
+               max_queue: int = 0, fields: dict | None = None) -> tuple[str, bool, int]:
+        """Record a job and queue it (edit jobs also go on the edit stream; training jobs are carried by
+        Celery). Returns (job id, created, queue position).
 
         The same (owner, request_id) returns the first job, not a new one; a full queue raises
         :class:`ResourceExhausted`.
@@ -115,24 +127,25 @@ class JobStore:
         now = time.time()
         flat = {"id": job_id, "kind": kind, "state": "QUEUED", "owner": owner, "request_id": request_id,
                 "created_at": now, "deadline": deadline, "attempts": 0, **(fields or {})}
-        argv = [job_id, max_queue, request, self.idempotency_ttl_s, now, int(bool(request_id)), int(enqueue)]
+        argv = [job_id, max_queue, request, self.idempotency_ttl_s, now, int(bool(request_id)), 1,
+                int(kind == "edit")]
         for k, v in flat.items():
             argv += [k, json.dumps(v) if isinstance(v, dict) else v]
         idem = self.k.idempotency(owner, request_id) if request_id else self.k.idempotency(owner, "-")
         status, existing, position = self._submit(
-            keys=[idem, self.k.job(job_id), self.k.request(job_id), self.k.edit_queue, self.k.edit_stream,
+            keys=[idem, self.k.job(job_id), self.k.request(job_id), self.queue_key(kind), self.k.edit_stream,
                   self.k.events(job_id), self.k.sequence, self.k.owner_jobs(owner)], args=argv)
         if status == -1:
-            raise ResourceExhausted(f"the edit queue is full ({position} jobs waiting); retry in a few seconds",
-                                    "queue")
+            raise ResourceExhausted(f"the {kind} queue is full ({position} jobs waiting); retry in a few "
+                                    "seconds", "queue")
         return _s(existing), status == 1, int(position)
 
     def get(self, job_id: str) -> JobView | None:
         raw = self.r.hgetall(self.k.job(job_id))
         return JobView.from_hash(job_id, raw) if raw else None
 
-    def position(self, job_id: str) -> int:
-        rank = self.r.zrank(self.k.edit_queue, job_id)
+    def position(self, job_id: str, kind: str = "edit") -> int:
+        rank = self.r.zrank(self.queue_key(kind), job_id)
         return 0 if rank is None else rank + 1
 
     def queue_depth(self) -> int:
@@ -140,10 +153,10 @@ class JobStore:
 
     def to_proto(self, view: JobView) -> edit_pb2.Job:
         png = self.result(view.id) if view.state == "SUCCEEDED" else None
-        return view.to_proto(png, self.position(view.id) if view.state == "QUEUED" else 0)
+        return view.to_proto(png, self.position(view.id, view.kind) if view.state == "QUEUED" else 0)
 
-    def cancel(self, job_id: str) -> str:
-        return _s(self._cancel(keys=[self.k.job(job_id), self.k.edit_queue, self.k.events(job_id),
+    def cancel(self, job_id: str, kind: str = "edit") -> str:
+        return _s(self._cancel(keys=[self.k.job(job_id), self.queue_key(kind), self.k.events(job_id),
                                      self.k.request(job_id)], args=[job_id, time.time(), self.result_ttl_s]))
 
     def events(self, job_id: str, after: str = "0", block_ms: int | None = None, count: int = 100):
@@ -166,9 +179,9 @@ class JobStore:
     def request_bytes(self, job_id: str) -> bytes | None:
         return self.r.get(self.k.request(job_id))
 
-    def claim(self, job_id: str, token: str, max_attempts: int) -> tuple[str, int]:
+    def claim(self, job_id: str, token: str, max_attempts: int, kind: str = "edit") -> tuple[str, int]:
         outcome, attempts = self._claim(
-            keys=[self.k.job(job_id), self.k.edit_queue, self.k.events(job_id), self.k.edit_dead],
+            keys=[self.k.job(job_id), self.queue_key(kind), self.k.events(job_id), self.k.edit_dead],
             args=[job_id, token, time.time(), max_attempts, self.result_ttl_s])
         return _s(outcome), int(attempts)
 

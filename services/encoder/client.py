@@ -32,10 +32,10 @@ class EncoderClient:
 
     def encode(self, prompt: str, image: bytes, width: int = 0, height: int = 0, negative_prompt: str = "",
                with_negative: bool = True, truncate_prompt: bool = False, timeout: float | None = None,
-               metadata=None) -> Encoded:
+               metadata=None, prompt_view: bool = False) -> Encoded:
         req = encoder_pb2.EncodePromptRequest(prompt=prompt, negative_prompt=negative_prompt, image=image,
                                               width=width, height=height, with_negative=with_negative,
-                                              truncate_prompt=truncate_prompt)
+                                              truncate_prompt=truncate_prompt, prompt_view=prompt_view)
         try:
             resp = self.stub.EncodePrompt(req, timeout=timeout or self.timeout, metadata=metadata)
         except grpc.RpcError as err:

@@ -11,7 +11,7 @@ from longcat.conditioning import PromptEncoder, reference_prompt_image
 from longcat.engine.request import Limits, check_prompt, resolve_geometry, resolve_image
 from longcat.images import image_content_hash
 from longcat.rpc.codec import to_proto
-from longcat.errors import Unavailable
+from longcat.errors import InvalidArgument, Unavailable
 from longcat.rpc.handler import rpc_method
 from longcat.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.cache import EmbeddingCache
@@ -29,10 +29,10 @@ class EncoderBackend:
         self.cache = cache
         self._lock = threading.Lock()
 
-    def embed(self, text: str, field: str, prompt_image, image_hash: str, size: tuple[int, int],
+    def embed(self, text: str, field: str, prompt_image, image_hash: str, size: tuple[int, ...],
               truncate: bool) -> tuple[torch.Tensor, bool]:
         key = hashlib.sha256("\x1f".join(
-            [self.fingerprint, image_hash, f"{size[0]}x{size[1]}", str(int(truncate)), text]).encode()).hexdigest()
+            [self.fingerprint, image_hash, "x".join(map(str, size)), str(int(truncate)), text]).encode()).hexdigest()
 
         def compute():
             with self._lock, torch.no_grad():
@@ -53,12 +53,20 @@ class EncoderServicer(encoder_pb2_grpc.EncoderServicer):
     @rpc_method(SERVICE)
     def EncodePrompt(self, request: encoder_pb2.EncodePromptRequest, context):
         backend = self._ready(context)
-        prompt = check_prompt(request.prompt)
+        # Internal API: an empty prompt is legitimate here (training's caption dropout embeds "").
+        prompt = check_prompt(request.prompt, required=False)
         negative = check_prompt(request.negative_prompt, "negative_prompt", required=False)
         image = resolve_image(request.image, backend.limits)
         geometry = resolve_geometry(request.width, request.height, image.size, backend.limits)
-        prompt_image = reference_prompt_image(image, geometry)
-        size = (geometry.width, geometry.height)
+        if request.prompt_view:
+            want = (geometry.width // 2, geometry.height // 2)
+            if image.size != want:
+                raise InvalidArgument(f"a prompt view must be half the output size {want}, got {image.size}",
+                                      "image")
+            prompt_image = image
+        else:
+            prompt_image = reference_prompt_image(image, geometry)
+        size = (geometry.width, geometry.height, int(request.prompt_view))
         image_hash = image_content_hash(request.image)
         embeds, hit = backend.embed(prompt, "prompt", prompt_image, image_hash, size, request.truncate_prompt)
         response = encoder_pb2.EncodePromptResponse(prompt_embeds=to_proto(embeds), width=geometry.width,

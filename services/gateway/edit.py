@@ -48,7 +48,7 @@ class JobAccess:
 
     def cancel(self, request, context, kind: str):
         self.get(request.job_id, context, kind)
-        self.store.cancel(request.job_id)
+        self.store.cancel(request.job_id, kind)
         return self.store.to_proto(self.store.get(request.job_id))
 
 

@@ -59,8 +59,12 @@ def watch(store: JobStore, job_id: str, after: str, is_active, block_ms: int = 1
             view = store.get(job_id)
             if view is None:
                 return
+            if view.terminal:  # resumed after its terminal event: relay what a race left (state and event
+                for event_id, fields in store.events(job_id, last_id, count=10000):  # are one Lua step), end
+                    yield to_event(store, job_id, event_id, fields)
+                return
             if view.state == "QUEUED":
-                position = store.position(job_id)
+                position = store.position(job_id, view.kind)
                 if position != last_position:
                     last_position = position
                     yield edit_pb2.JobEvent(event_id=last_id if last_id != "0" else "", job_id=job_id,

@@ -18,9 +18,10 @@ from longcat.logs import setup_logging
 from longcat.rpc.config import EnvDefaults, add_server_args
 from longcat.rpc.metrics import serve_metrics
 from longcat.rpc.server import GrpcServer
-from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc
-from services.gateway import adapters, edit
+from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc, training_pb2_grpc
+from services.gateway import adapters, edit, training
 from services.gateway.auth import ApiKeys
+from services.trainer.submission import Roots
 
 log = logging.getLogger("longcat.gateway")
 
@@ -43,6 +44,10 @@ def build_parser(parser=None):
     p.add_argument("--max-queue", type=int, default=1000, help="edit jobs waiting before RESOURCE_EXHAUSTED")
     p.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest output (width x height)")
     p.add_argument("--max-steps", type=int, default=200, help="most denoising steps a request may ask for")
+    p.add_argument("--data-root", default="~/.cache/longcat/data",
+                   help="datasets (and their caches) of training jobs must lie inside (shared with trainers)")
+    p.add_argument("--output-root", default="~/.cache/longcat/outputs", help="training outputs must lie inside")
+    p.add_argument("--max-upload-mb", type=int, default=4096, help="largest UploadDataset archive, MiB")
     return p
 
 
@@ -83,9 +88,20 @@ def serve(args) -> None:
     limits = Limits(max_pixels=args.max_pixels, max_steps=args.max_steps)
     registry = AdapterRegistry(client, AdapterStore(os.path.expanduser(args.adapter_dir)), keys)
 
-    server = GrpcServer([edit.SERVICE, adapters.SERVICE], args.host, args.port, args.max_message_mb, args.threads)
+    from services.trainer.celery_app import QUEUE, TASK, make_app
+
+    celery = make_app(args.redis_url)
+    roots = Roots.make(args.data_root, args.output_root, per_owner=auth.enabled)
+
+    def dispatch(job_id: str) -> None:
+        celery.send_task(TASK, args=[job_id], queue=QUEUE)
+
+    server = GrpcServer([edit.SERVICE, training.SERVICE, adapters.SERVICE], args.host, args.port,
+                        args.max_message_mb, args.threads)
     edit_pb2_grpc.add_EditServiceServicer_to_server(
         edit.EditServicer(store, auth, limits, args.max_queue, tokenizer), server.server)
+    training_pb2_grpc.add_TrainingServiceServicer_to_server(
+        training.TrainingServicer(store, auth, roots, dispatch, tokenizer, args.max_upload_mb), server.server)
     adapters_pb2_grpc.add_AdapterServiceServicer_to_server(adapters.AdapterServicer(registry, auth), server.server)
     stop = threading.Event()
     server.install_signal_handlers(args.grace_s, on_stop=stop.set)

@@ -1,0 +1,46 @@
+"""``longcat jobs {list,show,watch,cancel}``: the caller's edit and training jobs."""
+
+from __future__ import annotations
+
+import json
+
+from longcat.cli.output import as_dict, job_line
+from longcat.cli.remote import add_gateway_args, client, follow
+
+
+def register(sub) -> None:
+    p = sub.add_parser("jobs", help="list, show, watch or cancel jobs")
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    ls = verbs.add_parser("list", help="your jobs, newest first")
+    ls.add_argument("--kind", choices=("edit", "training"), default=None)
+    ls.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled"), default=None)
+    ls.add_argument("--limit", type=int, default=50)
+    for name, helptext in (("show", "one job"), ("watch", "follow a job to its end"), ("cancel", "cancel a job")):
+        v = verbs.add_parser(name, help=helptext)
+        v.add_argument("job_id")
+    for v in verbs.choices.values():
+        add_gateway_args(v)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    with client(args) as lc:
+        if args.verb == "list":
+            jobs = lc.list_jobs(args.kind, args.state, args.limit)
+            if args.json:
+                print(json.dumps([as_dict(j) for j in jobs]))
+            else:
+                for j in jobs:
+                    print(job_line(j))
+                if not jobs:
+                    print("no jobs")
+            return 0
+        if args.verb == "watch":
+            job = follow(lc, args.job_id, bars=not args.json, events_json=args.json)
+        elif args.verb == "cancel":
+            job = lc.cancel_job(args.job_id)
+        else:
+            job = lc.get_job(args.job_id)
+        if args.verb != "watch" or not args.json:
+            print(json.dumps(as_dict(job)) if args.json else job_line(job))
+    return 0

@@ -1,0 +1,43 @@
+"""``longcat train --config CONFIG.json --dataloader DATALOADER.json``: submit a LoRA training job to the
+stack (uploading local dataset folders when the gateway cannot read them in place) and follow it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from longcat.cli.remote import add_gateway_args, client, follow
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="submit a LoRA training job (the quickstart's config + dataloader JSON)")
+    p.add_argument("--config", required=True, help="config.json (the quickstart's keys)")
+    p.add_argument("--dataloader", required=True, help="dataloader JSON (edit dataset + linked reference dataset)")
+    p.add_argument("--name", default="", help="adapter name to publish (default: output_dir's last part)")
+    p.add_argument("--wait", action="store_true", help="follow the job to its end (progress, validation images)")
+    p.add_argument("--upload", choices=("auto", "always", "never"), default="auto",
+                   help="send local dataset folders to the gateway: when it can't read them (auto), always, never")
+    p.add_argument("--save-validation", default="validation", help="with --wait: folder for validation images")
+    add_gateway_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from longcat.client.sync import _job_error
+    from longcat.v1 import edit_pb2
+
+    with client(args) as lc:
+        job = lc.train(args.config, args.dataloader, name=args.name, upload=args.upload)
+        if not args.json:
+            print(f"training job {job.id} queued (adapter {job.adapter_name})", flush=True)
+        if not args.wait:
+            if args.json:
+                print(json.dumps({"ok": True, "job_id": job.id, "adapter_name": job.adapter_name}))
+            return 0
+        final = follow(lc, job.id, bars=not args.json, events_json=args.json, save_dir=Path(args.save_validation))
+    if final.state != edit_pb2.SUCCEEDED:
+        raise _job_error(final)
+    if not args.json:
+        print(f"adapter {final.adapter_name!r} published at step {final.step}; edit with "
+              f"--adapter {final.adapter_name}")
+    return 0

@@ -1,0 +1,90 @@
+"""What a finished run leaves behind, and publishing it into the adapter store by name."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+from longcat.adapters import AdapterStore, save_lora, validate_name
+from longcat.adapters.formats import DIFFUSERS_WEIGHTS
+from longcat.errors import InvalidArgument, NotFound
+from longcat.training.lora import ADAPTER_NAME
+
+SUMMARY_FILE = "training_summary.json"
+
+
+def adapter_file(output_dir: str | os.PathLike) -> Path | None:
+    path = Path(output_dir) / DIFFUSERS_WEIGHTS
+    return path if path.is_file() else None
+
+
+def write_adapter(transformer, output_dir: str | os.PathLike, rank: int, alpha: float) -> Path:
+    """``<output_dir>/pytorch_lora_weights.safetensors``: diffusers format, ``transformer.`` keys, rank/alpha;
+    byte-identical for identical weights."""
+    return canonicalize_safetensors(save_lora(transformer, ADAPTER_NAME, output_dir, rank=rank, alpha=alpha))
+
+
+def canonicalize_safetensors(path: Path) -> Path:
+    """Rewrite a safetensors file's header in a fixed order (atomically); the tensor bytes are untouched.
+
+    safetensors writes its metadata from a hash map, whose order changes from call to call, so the same
+    adapter would otherwise get different file bytes (and hashes) each time it is saved.
+    """
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}
+    ordered.update(sorted(header.items(), key=lambda kv: (kv[1]["data_offsets"], kv[0])))
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8-byte alignment with spaces
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:])
+    os.replace(tmp, path)
+    return path
+
+
+def write_summary(output_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
+    path = Path(output_dir) / SUMMARY_FILE
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def publish(output_dir: str | os.PathLike, store: AdapterStore, name: str, overwrite: bool = False) -> Path:
+    """Copy a run's adapter (and summary) into ``store`` as ``name``; returns the adapter's folder.
+
+    Readers never see a partial adapter: a new name appears by renaming a finished hidden folder, and an
+    existing one (``overwrite=True``) gets each file replaced atomically, which the denoisers' adapter
+    manager picks up on its next use of the name.
+    """
+    validate_name(name, "name")
+    weights = adapter_file(output_dir)
+    if weights is None:
+        raise NotFound(f"{str(output_dir)!r} holds no {DIFFUSERS_WEIGHTS}; has training finished?", "output_dir")
+    files = [weights] + [p for p in [Path(output_dir) / SUMMARY_FILE] if p.is_file()]
+    store.root.mkdir(parents=True, exist_ok=True)
+    dest = store.root / name
+    if dest.exists() and not overwrite and store.exists(name):
+        raise InvalidArgument(f"an adapter named {name!r} already exists", "name")
+    if not dest.exists():
+        tmp = store.root / f".{name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for f in files:
+            shutil.copyfile(f, tmp / f.name)
+        try:
+            os.rename(tmp, dest)
+            return dest
+        except OSError:  # someone created it meanwhile: fall through to replacing file by file
+            shutil.rmtree(tmp, ignore_errors=True)
+    for f in files:
+        part = dest / f".{f.name}.tmp{os.getpid()}"
+        shutil.copyfile(f, part)
+        os.replace(part, dest / f.name)
+    return dest

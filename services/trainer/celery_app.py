@@ -1,0 +1,38 @@
+"""The Celery app for training jobs, configured for long GPU jobs.
+
+- One job per worker at a time, no prefetch: a worker never holds a job it is not running.
+- Late ack + reject on worker loss: a job whose worker process dies goes back to the queue.
+- ``threads`` pool: tasks run in the worker process itself, never in a fork, so CUDA (and gRPC) are
+  initialised once in the process that uses them (the CUDA-in-forked-worker trap cannot happen).
+- The broker's visibility timeout is far longer than any job, so Redis never re-delivers a job that is
+  still running; a worker that died entirely is detected by its expired job lease instead
+  (``reaper.py``), and a lease makes a second concurrent run impossible even if a message came twice.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+QUEUE = "longcat.training"
+TASK = "longcat.train"
+
+
+def make_app(broker_url: str, visibility_timeout_s: int = 7 * 24 * 3600) -> Celery:
+    app = Celery("longcat-trainer", broker=broker_url)
+    app.conf.update(
+        task_default_queue=QUEUE,
+        task_routes={TASK: {"queue": QUEUE}},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_pool="threads",
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": visibility_timeout_s},
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return app

@@ -1,0 +1,107 @@
+"""Run a trainer: ``python -m services.trainer`` or ``longcat serve trainer``.
+
+One process: a Celery worker (threads pool, one job at a time) consuming ``longcat.training``, the reaper
+that re-dispatches jobs of dead workers, and a small gRPC face (health + ``longcat.v1.Trainer``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from longcat.adapters import AdapterStore
+from longcat.adapters.registry import AdapterRegistry
+from longcat.jobs.connection import connect
+from longcat.jobs.keys import Keys
+from longcat.jobs.store import JobStore
+from longcat.logs import setup_logging
+from longcat.rpc.config import EnvDefaults, add_server_args
+from longcat.rpc.handler import rpc_method
+from longcat.rpc.metrics import serve_metrics
+from longcat.rpc.server import GrpcServer
+from longcat.v1 import trainer_pb2, trainer_pb2_grpc
+from services.trainer.celery_app import QUEUE, TASK, make_app
+from services.trainer.reaper import run_reaper
+from services.trainer.runner import TrainerContext, run_training_job
+from services.trainer.submission import Roots
+
+log = logging.getLogger("longcat.trainer")
+SERVICE = "longcat.v1.Trainer"
+
+
+def build_parser(parser=None):
+    p = parser or EnvDefaults(prog="longcat serve trainer", description="A LoRA training worker (Celery).")
+    add_server_args(p, "trainer")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Celery broker and job store")
+    p.add_argument("--namespace", default="lc", help="Redis key prefix (as the gateway's)")
+    p.add_argument("--model", default="tiny", help="model trained on by default (a job's config may name another)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--precision", default="", help="override every job's base_model_precision ('' = the job's)")
+    p.add_argument("--adapter-dir", default="~/.cache/longcat/adapters", help="where trained adapters are published")
+    p.add_argument("--data-root", default="~/.cache/longcat/data", help="datasets and their caches live inside")
+    p.add_argument("--output-root", default="~/.cache/longcat/outputs", help="training outputs live inside")
+    p.add_argument("--encoder", default="127.0.0.1:50061",
+                   help="encoder service for jobs with embeddings_source=encoder_service")
+    p.add_argument("--lease-ttl-s", type=float, default=30.0,
+                   help="a job whose worker is silent this long is dispatched again (resuming)")
+    p.add_argument("--max-attempts", type=int, default=3, help="deliveries before a training job is FAILED")
+    p.add_argument("--reaper-period-s", type=float, default=10.0, help="how often dead workers' jobs are looked for")
+    p.add_argument("--result-ttl-s", type=int, default=7 * 86400, help="how long finished jobs are kept")
+    return p
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
+    def __init__(self, ctx: TrainerContext):
+        self.ctx = ctx
+
+    @rpc_method(SERVICE)
+    def GetTrainerStatus(self, request, context):
+        return trainer_pb2.TrainerStatus(running_job_ids=list(self.ctx.running), workers=1, model=self.ctx.model)
+
+
+def build_context(args) -> TrainerContext:
+    client = connect(args.redis_url)
+    keys = Keys(args.namespace)
+    store = JobStore(client, keys, result_ttl_s=args.result_ttl_s)
+    registry = AdapterRegistry(client, AdapterStore(os.path.expanduser(args.adapter_dir)), keys)
+    return TrainerContext(store=store, registry=registry,
+                          roots=Roots.make(args.data_root, args.output_root),
+                          model=args.model, device=None if args.device == "auto" else args.device,
+                          precision=args.precision or None, encoder=args.encoder, lease_ttl_s=args.lease_ttl_s,
+                          max_attempts=args.max_attempts)
+
+
+def serve(args) -> None:
+    setup_logging(args.log_level)
+    serve_metrics(args.metrics_port)
+    ctx = build_context(args)
+    app = make_app(args.redis_url)
+
+    @app.task(name=TASK, bind=True)
+    def train(task, job_id: str) -> str:
+        return run_training_job(ctx, job_id)
+
+    def dispatch(job_id: str) -> None:
+        app.send_task(TASK, args=[job_id], queue=QUEUE)
+
+    server = GrpcServer([SERVICE], args.host, args.port, args.max_message_mb, args.threads)
+    trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(ctx), server.server)
+    server.start()
+    stop = threading.Event()
+    threading.Thread(target=run_reaper, args=(ctx.store, dispatch, stop, args.reaper_period_s), daemon=True).start()
+    server.mark_serving()
+    log.info("trainer up", extra={"queue": QUEUE, "redis": args.redis_url})
+    # Celery's own warm shutdown on SIGTERM: it stops taking jobs and lets the running one reach its end;
+    # a job cut off by the pod's grace period keeps its checkpoint and is resumed elsewhere.
+    try:
+        app.worker_main(["worker", "--loglevel", args.log_level, "--queues", QUEUE, "--concurrency", "1",
+                         "--pool", "threads", "--without-gossip", "--without-mingle", "--hostname",
+                         f"trainer-{os.getpid()}@%h"])
+    finally:
+        stop.set()
+        server.stop(0)
+
+
+def main(argv=None) -> None:
+    serve(build_parser().parse_args(argv))

@@ -1,0 +1,247 @@
+"""LoRA training as jobs through the gateway, on the real stack: Redis, gateway, Celery trainer(s), encoder and
+a denoiser worker serving the published adapter (tiny model, a generated learnable dataset)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from longcat.client import LongCatClient
+from longcat.errors import InvalidArgument
+from longcat.launch import ServiceProcess
+from longcat.training.sample_data import CAPTION, write_pairs
+from longcat.v1 import edit_pb2
+
+NS = "train-e2e"
+
+
+def _config(**overrides) -> dict:
+    base = {"model_type": "lora", "model_family": "longcat_image", "model_flavour": "edit",
+            "base_model_precision": "no_change", "learning_rate": 5e-3, "lr_warmup_steps": 2, "seed": 1,
+            "max_train_steps": 60, "train_batch_size": 1, "output_dir": "runs/invert", "lora_rank": 16,
+            "checkpointing_steps": 20, "checkpoints_total_limit": 2, "validation_steps": 30,
+            "validation_num_inference_steps": 3, "validation_resolution": "64x64", "num_validation_images": 1,
+            "validation_seed": 5, "aspect_bucket_alignment": 64}
+    return {**base, **overrides}
+
+
+def _dataloader(folder: str = "ds") -> list:
+    return [{"id": "edit-images", "type": "local", "instance_data_dir": f"{folder}/edits",
+             "caption_strategy": "textfile", "resolution": 64, "cache_dir_vae": f"cache/{folder}/edit",
+             "conditioning_data": ["ref-images"]},
+            {"id": "ref-images", "type": "local", "instance_data_dir": f"{folder}/refs", "caption_strategy": None,
+             "resolution": 64, "cache_dir_vae": f"cache/{folder}/ref"}]
+
+
+class TrainStack:
+    def __init__(self, root, model, redis_url):
+        self.root, self.model, self.redis_url = root, model, redis_url
+        self.data, self.out, self.adapters = root / "data", root / "out", root / "adapters"
+        for d in (self.data, self.out, self.adapters):
+            d.mkdir(parents=True, exist_ok=True)
+        self.logs = root / "logs"
+        self.logs.mkdir(exist_ok=True)
+        shared = ["--redis-url", redis_url, "--namespace", NS, "--adapter-dir", str(self.adapters)]
+        self.roots = ["--data-root", str(self.data), "--output-root", str(self.out)]
+        self.encoder = ServiceProcess("encoder", ["--model", model], self.logs)
+        self.denoiser = ServiceProcess("denoiser", ["--model", model, *shared, "--encoder", self.encoder.address],
+                                       self.logs)
+        self.gateway = ServiceProcess("gateway", ["--model", model, *shared, *self.roots], self.logs)
+        self.trainers = [self.add_trainer()]
+        for svc in (self.encoder, self.denoiser, self.gateway, *self.trainers):
+            svc.wait_serving(240)
+        self.client = LongCatClient(self.gateway.address)
+
+    def add_trainer(self) -> ServiceProcess:
+        return ServiceProcess("trainer", ["--model", self.model, "--redis-url", self.redis_url, "--namespace", NS,
+                                          "--adapter-dir", str(self.adapters), *self.roots, "--lease-ttl-s", "3",
+                                          "--reaper-period-s", "1", "--max-attempts", "3"], self.logs)
+
+    def events(self, job_id: str) -> list:
+        return list(self.client.watch(job_id))
+
+    def close(self):
+        self.client.close()
+        for svc in (self.gateway, *self.trainers, self.denoiser, self.encoder):
+            svc.stop(signal.SIGTERM, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_model_path, redis_server):
+    s = TrainStack(tmp_path_factory.mktemp("train-stack"), tiny_model_path, redis_server.url)
+    write_pairs(s.data / "ds", count=8, size=(64, 64), seed=0)
+    yield s
+    s.close()
+
+
+def _losses(events) -> list[float]:
+    return [ev.training.loss for ev in events if ev.WhichOneof("payload") == "training"]
+
+
+@pytest.fixture(scope="module")
+def trained(stack):
+    job = stack.client.train(_config(), _dataloader(), name="invert", upload="never")
+    assert job.kind == edit_pb2.TRAINING and job.adapter_name == "invert"
+    events = stack.events(job.id)
+    return job, events
+
+
+def test_a_job_runs_to_the_end_with_its_events(trained):
+    job, events = trained
+    final = events[-1].job
+    assert final.state == edit_pb2.SUCCEEDED, final.reason
+    assert final.adapter_name == "invert" and final.step == 60 and final.attempts == 1
+    kinds = [ev.WhichOneof("payload") for ev in events]
+    assert kinds[0] == "queue_position"
+    assert [ev.training.step for ev in events if ev.WhichOneof("payload") == "training"] == list(range(1, 61))
+    assert [ev.checkpoint.step for ev in events if ev.WhichOneof("payload") == "checkpoint"] == [20, 40, 60]
+    validations = [ev.validation for ev in events if ev.WhichOneof("payload") == "validation"]
+    assert sorted({v.step for v in validations}) == [30, 60]
+    assert Image.open(io.BytesIO(validations[-1].image_png)).size == (64, 64)
+    t = next(ev.training for ev in events if ev.WhichOneof("payload") == "training" and ev.training.step == 30)
+    assert t.lr > 0 and t.eta_s >= 0 and t.total_steps == 60
+
+
+def test_the_loss_falls(trained):
+    losses = _losses(trained[1])
+    assert np.mean(losses[-15:]) < np.mean(losses[:15]), losses
+
+
+def test_the_published_adapter_is_served_at_once_and_moves_edits_toward_the_target(trained, stack, tiny_components):
+    assert [a.name for a in stack.client.list_adapters()] == ["invert"]
+    info = stack.client.get_adapter("invert")
+    assert info.rank == 16 and info.job_id == trained[0].id
+    ref_path = sorted((stack.data / "ds" / "refs").glob("*.png"))[0]
+    ref = Image.open(ref_path).convert("RGB")
+    # The target as the model can express it: the inverted reference through the (random) tiny VAE.
+    from longcat.conditioning import Geometry, decode_latents, pack_latents, prepare_reference, vae_encode
+
+    g = Geometry(64, 64)
+    with torch.no_grad():
+        z = vae_encode(tiny_components.vae, prepare_reference(ImageOps.invert(ref), g).pixels)
+        target = decode_latents(tiny_components.vae, pack_latents(z), g)[0].permute(1, 2, 0).numpy()
+
+    def served(adapters):
+        r = stack.client.edit(ref_path, CAPTION, width=64, height=64, steps=8, guidance=1.0, seed=3,
+                              adapters=adapters)
+        return np.asarray(Image.open(io.BytesIO(r.image)), dtype=np.float32) / 255
+
+    base, tuned = served([]), served(["invert"])
+    assert not np.array_equal(base, tuned)
+    assert np.abs(tuned - target).mean() < np.abs(base - target).mean()
+
+
+def test_cancel_stops_a_running_job(stack):
+    job = stack.client.train(_config(max_train_steps=5000, validation_steps=0, checkpointing_steps=0,
+                                     output_dir="runs/cancel"), _dataloader(), name="never", upload="never")
+    for ev in stack.client.watch(job.id):
+        if ev.WhichOneof("payload") == "training":
+            break
+    stack.client.cancel_job(job.id)
+    final = stack.events(job.id)[-1].job
+    assert final.state == edit_pb2.CANCELLED and 0 < final.step < 5000
+    assert "never" not in [a.name for a in stack.client.list_adapters()]
+
+
+def test_a_killed_worker_s_job_resumes_from_its_checkpoint(stack):
+    job = stack.client.train(_config(max_train_steps=600, validation_steps=0, checkpointing_steps=25,
+                                     num_validation_images=0, output_dir="runs/killed"), _dataloader(),
+                             name="survivor", upload="never")
+    seen = []
+    for ev in stack.client.watch(job.id):
+        if ev.WhichOneof("payload") == "checkpoint":
+            seen.append(ev.checkpoint.step)
+            break
+    victim = stack.trainers[0]
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait(30)
+    stack.trainers.append(stack.add_trainer())
+    stack.trainers[-1].wait_serving(240)
+    events = stack.events(job.id)
+    final = events[-1].job
+    assert final.state == edit_pb2.SUCCEEDED, final.reason
+    assert final.attempts == 2 and final.step == 600
+    second = next(i for i, ev in enumerate(events) if ev.message == "attempt 2")
+    before = [ev.training.step for ev in events[:second] if ev.WhichOneof("payload") == "training"]
+    after = [ev.training.step for ev in events[second:] if ev.WhichOneof("payload") == "training"]
+    # The second attempt continued from a checkpoint (a multiple of 25, at or after the one seen before the
+    # kill), not from zero, and ran every remaining step once, in order.
+    assert after[0] - 1 >= seen[0] and (after[0] - 1) % 25 == 0 and after[0] - 1 <= before[-1]
+    assert after == list(range(after[0], 601))
+    assert "resuming" in " ".join(ev.message for ev in events)
+
+
+@pytest.mark.parametrize("breakage,message", [
+    ("missing-reference", "no reference"),
+    ("extra-reference", "no edit image"),
+    ("missing-caption", "caption"),
+    ("broken-image", "decode"),
+])
+def test_malformed_datasets_are_refused_before_anything_starts(stack, breakage, message):
+    folder = f"bad-{breakage}"
+    edits, refs = write_pairs(stack.data / folder, count=3, size=(64, 64), seed=1)
+    if breakage == "missing-reference":
+        (refs / "0001.png").unlink()
+    elif breakage == "extra-reference":
+        shutil.copy(refs / "0000.png", refs / "0099.png")
+    elif breakage == "missing-caption":
+        (edits / "0002.txt").unlink()
+    elif breakage == "broken-image":
+        (edits / "0000.png").write_bytes(b"\x89PNG not really")
+    before = len(stack.client.list_jobs(kind="training"))
+    with pytest.raises(InvalidArgument) as err:
+        stack.client.train(_config(output_dir=f"runs/{folder}"), _dataloader(folder), name="bad", upload="never")
+    assert message in str(err.value).lower(), str(err.value)
+    assert len(stack.client.list_jobs(kind="training")) == before
+
+
+@pytest.mark.parametrize("change,field", [
+    (lambda c, d: d[0].update(instance_data_dir="/etc"), "instance_data_dir"),
+    (lambda c, d: d[0].update(instance_data_dir="ds/../../edits"), "instance_data_dir"),
+    (lambda c, d: d[1].update(cache_dir_vae=d[0]["cache_dir_vae"]), "cache"),
+    (lambda c, d: d[0].update(conditioning_data=["nope"]), "nope"),
+    (lambda c, d: c.update(output_dir="/tmp/elsewhere"), "output_dir"),
+    (lambda c, d: c.update(learning_rate=-1), "learning_rate"),
+    (lambda c, d: c.update(model_flavour="dev"), "model_flavour"),
+])
+def test_bad_paths_and_config_values_are_refused(stack, change, field):
+    config, loader = _config(), _dataloader()
+    change(config, loader)
+    with pytest.raises(InvalidArgument) as err:
+        stack.client.train(config, loader, name="bad", upload="never")
+    assert field in str(err.value), str(err.value)
+
+
+def test_bad_adapter_name(stack):
+    with pytest.raises(InvalidArgument) as err:
+        stack.client.train(_config(), _dataloader(), name="../escape", upload="never")
+    assert err.value.field == "adapter_name"
+
+
+def test_cli_train_uploads_local_folders_and_waits(stack, tmp_path):
+    """The quickstart's files with local paths, against a gateway that cannot read them: uploaded, trained."""
+    import os
+    import subprocess
+    import sys
+
+    write_pairs(tmp_path / "data", count=4, size=(64, 64), seed=2)
+    cfg = _config(max_train_steps=4, checkpointing_steps=2, validation_steps=2, output_dir="output/cli-lora")
+    loader = _dataloader("data")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "dataloader.json").write_text(json.dumps(loader))
+    env = {**os.environ, "LONGCAT_GATEWAY": stack.gateway.address}
+    proc = subprocess.run([sys.executable, "-m", "longcat.cli.main", "train", "--config", "config.json",
+                           "--dataloader", "dataloader.json", "--name", "cli-lora", "--wait"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "published" in proc.stdout and "training" in proc.stderr  # the progress bar
+    assert sorted(p.name for p in (tmp_path / "validation").glob("*.png"))  # validation images saved locally
+    assert list((stack.data / "uploads").glob("cli-lora-*/edit-images/*.png"))
