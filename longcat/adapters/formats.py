@@ -18,6 +18,7 @@ import collections
 import json
 import math
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,7 +248,28 @@ def _atomic_save(tensors: dict[str, torch.Tensor], target: Path, metadata: dict[
     # Write then rename: a server polling the folder sees the old file or the new one, never half of one.
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     save_file(tensors, str(tmp), metadata=metadata)
+    canonicalize_safetensors(tmp)
     os.replace(tmp, target)
+
+
+def canonicalize_safetensors(path: Path) -> Path:
+    """Rewrite a safetensors file's header in a fixed order (atomically); the tensor bytes are untouched.
+
+    safetensors writes its metadata from a hash map, whose order changes from call to call, so the same
+    adapter would otherwise get different file bytes (and hashes) each time it is saved.
+    """
+    data = path.read_bytes()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}
+    ordered.update(sorted(header.items(), key=lambda kv: (kv[1]["data_offsets"], kv[0])))
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8-byte alignment with spaces
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:])
+    os.replace(tmp, path)
+    return path
 
 
 def save_lora(transformer: torch.nn.Module, adapter_name: str, out_dir: str | os.PathLike,

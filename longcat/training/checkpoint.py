@@ -25,7 +25,6 @@ from longcat.adapters.formats import DIFFUSERS_WEIGHTS
 from longcat.errors import InvalidArgument, NotFound
 from longcat.training.lora import ADAPTER_NAME, load_lora_weights
 from longcat.training.loop import TrainState
-from longcat.training.output import canonicalize_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ def save_checkpoint(state: TrainState, output_dir: str | os.PathLike, meta: dict
     tmp = root / f".tmp-checkpoint-{state.step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    canonicalize_safetensors(save_lora(state.transformer, ADAPTER_NAME, tmp, rank=rank, alpha=alpha))
+    save_lora(state.transformer, ADAPTER_NAME, tmp, rank=rank, alpha=alpha)
     torch.save(state.optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(state.lr_scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(capture_rng(state.generator), tmp / "rng.pt")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +24,7 @@ def adapter_file(output_dir: str | os.PathLike) -> Path | None:
 def write_adapter(transformer, output_dir: str | os.PathLike, rank: int, alpha: float) -> Path:
     """``<output_dir>/pytorch_lora_weights.safetensors``: diffusers format, ``transformer.`` keys, rank/alpha;
     byte-identical for identical weights."""
-    return canonicalize_safetensors(save_lora(transformer, ADAPTER_NAME, output_dir, rank=rank, alpha=alpha))
-
-
-def canonicalize_safetensors(path: Path) -> Path:
-    """Rewrite a safetensors file's header in a fixed order (atomically); the tensor bytes are untouched.
-
-    safetensors writes its metadata from a hash map, whose order changes from call to call, so the same
-    adapter would otherwise get different file bytes (and hashes) each time it is saved.
-    """
-    data = path.read_bytes()
-    n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
-    meta = header.pop("__metadata__", None)
-    ordered = {"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}
-    ordered.update(sorted(header.items(), key=lambda kv: (kv[1]["data_offsets"], kv[0])))
-    text = json.dumps(ordered, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # the format pads the header to 8-byte alignment with spaces
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:])
-    os.replace(tmp, path)
-    return path
+    return save_lora(transformer, ADAPTER_NAME, output_dir, rank=rank, alpha=alpha)
 
 
 def write_summary(output_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:

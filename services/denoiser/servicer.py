@@ -134,7 +134,6 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
 
         def work():
             try:
-                timings = {}
                 t0 = time.perf_counter()
                 with backend.adapters.activate([(r.name, r.scale) for r in refs]):
                     reference = latents_in if latents_in is not None else \
