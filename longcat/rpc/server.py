@@ -21,13 +21,15 @@ class PortInUse(RuntimeError):
 
 class GrpcServer:
     def __init__(self, service_names: list[str], host: str = "0.0.0.0", port: int = 0,
-                 max_message_mb: int = 256, threads: int = 8):
+                 max_message_mb: int = 256, threads: int = 8, max_connection_age_s: float = 0):
         limit = max_message_mb * 1024 * 1024
-        self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=threads),
-            options=[("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
-                     ("grpc.so_reuseport", 0)],
-        )
+        options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
+                   ("grpc.so_reuseport", 0)]
+        if max_connection_age_s:
+            # Clients reconnect now and then, and so re-resolve the name: new replicas get their share.
+            options += [("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
+                        ("grpc.max_connection_age_grace_ms", 60_000)]
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
         self.service_names = list(service_names)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -66,9 +68,12 @@ class GrpcServer:
         self.server.stop(grace_s).wait()
         log.info("stopped")
 
-    def install_signal_handlers(self, grace_s: float, on_stop=None) -> None:
+    def install_signal_handlers(self, grace_s: float, on_stop=None, on_signal=None) -> None:
+        """SIGTERM/SIGINT: ``on_signal`` at once (e.g. stop taking queued work), drain, then ``on_stop``."""
         def handle(signum, _frame):
             log.info("signal received", extra={"signal": signal.Signals(signum).name})
+            if on_signal:
+                on_signal()
             threading.Thread(target=self._stop_then(grace_s, on_stop), daemon=True).start()
 
         signal.signal(signal.SIGTERM, handle)

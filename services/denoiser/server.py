@@ -68,16 +68,18 @@ def serve(args) -> None:
     servicer = DenoiserServicer()
     server = GrpcServer([SERVICE], args.host, args.port, args.max_message_mb, args.threads)
     denoiser_pb2_grpc.add_DenoiserServicer_to_server(servicer, server.server)
-    server.install_signal_handlers(args.grace_s)
+    workers = []
+    # On SIGTERM the worker stops taking jobs at once; gRPC calls and the job in hand get the grace period.
+    server.install_signal_handlers(args.grace_s, on_signal=lambda: [w.stop() for w in workers])
     server.start()  # health answers NOT_SERVING while the model loads
     backend = build_backend(args)
     warm_up(backend)
     servicer.backend = backend
-    worker = start_worker(args, backend) if args.redis_url else None
+    if args.redis_url:
+        workers.append(start_worker(args, backend))
     server.mark_serving()
     server.wait()
-    if worker is not None:
-        worker.stop()
+    for worker in workers:
         worker.idle.wait(args.grace_s)  # finish the job in hand; past the grace it is reclaimed elsewhere
 
 

@@ -25,6 +25,9 @@ def build_parser(parser=None):
     add_server_args(p, "encoder")
     add_model_args(p)
     p.add_argument("--cache-mb", type=int, default=1024, help="embedding cache size, MiB (0 = off)")
+    p.add_argument("--max-connection-age-s", type=float, default=300.0,
+                   help="close client connections after this long so callers re-resolve and spread over "
+                        "new encoder replicas (0 = never)")
     return p
 
 
@@ -37,7 +40,8 @@ def serve(args) -> None:
     setup_logging(args.log_level)
     serve_metrics(args.metrics_port)
     servicer = EncoderServicer()
-    server = GrpcServer([SERVICE], args.host, args.port, args.max_message_mb, args.threads)
+    server = GrpcServer([SERVICE], args.host, args.port, args.max_message_mb, args.threads,
+                        max_connection_age_s=args.max_connection_age_s)
     encoder_pb2_grpc.add_EncoderServicer_to_server(servicer, server.server)
     server.install_signal_handlers(args.grace_s)
     server.start()  # health answers NOT_SERVING while the model loads
