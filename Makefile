@@ -43,12 +43,9 @@ test: protos redis
 	@set -o pipefail; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 
+# The main job: the stack on the tiny model, an edit, a short LoRA training run, an edit with the new adapter.
 demo: protos redis
-	@mkdir -p $(DEMO_OUT)
-	$(VENV)/bin/longcat tiny --out $(DEMO_OUT)/tiny-model
-	$(VENV)/bin/longcat edit --model $(DEMO_OUT)/tiny-model --image examples/sample.png \
-	  --prompt "make the sky purple" --width 256 --height 192 --steps 8 --seed 42 --out $(DEMO_OUT)/edit.png
-	@echo "demo outputs are in $(DEMO_OUT)/"
+	@$(PY) examples/demo.py --out $(DEMO_OUT)
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache build *.egg-info

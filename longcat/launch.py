@@ -22,19 +22,48 @@ def free_port() -> int:
 
 
 class ServiceProcess:
-    """A service started as ``python -m services.<name>`` with its own log file."""
+    """A service started as ``python -m services.<name>`` with its own log file.
 
-    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict | None = None):
+    By default it listens on 127.0.0.1 on free ports and logs to ``<log_dir>/<name>-<port>.log`` (overwritten).
+    The local stack supervisor (``longcat up``) fixes the ports, the host, the log path (appended to, so one
+    file spans restarts) and extra ``subprocess.Popen`` options, and calls :meth:`spawn` again to restart.
+    """
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict | None = None, *,
+                 port: int | None = None, metrics_port: int | None = None, host: str = "127.0.0.1",
+                 log_path: Path | None = None, module: str | None = None, popen_kwargs: dict | None = None,
+                 start: bool = True):
         self.name = name
-        self.port = free_port()
-        self.metrics_port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.log_path = Path(log_dir) / f"{name}-{self.port}.log"
-        cmd = [sys.executable, "-m", f"services.{name}", "--host", "127.0.0.1", "--port", str(self.port),
-               "--metrics-port", str(self.metrics_port), *args]
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+        self.port = port or free_port()
+        self.metrics_port = free_port() if metrics_port is None else metrics_port
+        self.host = host
+        # Where clients on this machine connect (a wildcard listen address is reached over loopback).
+        connect_host = "127.0.0.1" if host in ("0.0.0.0", "", "::", "[::]") else host
+        self.address = f"{connect_host}:{self.port}"
+        self.append_log = log_path is not None
+        self.log_path = Path(log_path) if log_path is not None else Path(log_dir) / f"{name}-{self.port}.log"
+        self.cmd = [sys.executable, "-m", module or f"services.{name}", "--host", host, "--port", str(self.port),
+                    "--metrics-port", str(self.metrics_port), *args]
+        self.env = {**os.environ, **(env or {})}
+        self.popen_kwargs = dict(popen_kwargs or {})
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+        if start:
+            self.spawn()
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def spawn(self) -> subprocess.Popen:
+        """Start the process (again, on the same ports: the previous one must have exited)."""
+        if self._log is not None:
+            self._log.close()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab" if self.append_log else "wb")
+        self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=self.env, **self.popen_kwargs)
+        return self.proc
 
     def wait_serving(self, timeout: float = 120.0) -> "ServiceProcess":
         from longcat.rpc.channel import health_status, make_channel
@@ -62,6 +91,8 @@ class ServiceProcess:
             return r.read().decode()
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.proc is None:
+            return 0
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -69,5 +100,6 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
         return self.proc.returncode

@@ -13,7 +13,11 @@ DEFAULT_MAX_MESSAGE_MB = 256
 def make_channel(address: str, max_message_mb: int = DEFAULT_MAX_MESSAGE_MB, balanced: bool = False) -> grpc.Channel:
     """An insecure channel. ``balanced``: round-robin over every address DNS returns (a headless Service)."""
     limit = max_message_mb * 1024 * 1024
-    options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)]
+    # Reconnect within ~2 s of a peer coming back: gRPC's default backoff grows to 120 s, and until the next
+    # attempt every call fails at once with UNAVAILABLE (a restarted encoder would fail, then dead-letter, the
+    # denoiser workers' jobs for minutes).
+    options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
+               ("grpc.max_reconnect_backoff_ms", 2000)]
     if balanced:
         options.append(("grpc.lb_policy_name", "round_robin"))
     return grpc.insecure_channel(address, options=options)
