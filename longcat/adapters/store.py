@@ -40,7 +40,8 @@ class AdapterStore:
     def path_for(self, name: str, field: str = "adapters.name") -> Path:
         folder = self._folder(name, field)
         if not self.exists(name):
-            raise AdapterNotFound(f"no adapter named {name!r} in {str(self.root)!r}", field)
+            # The message reaches API clients: name the adapter, not the server's folders.
+            raise AdapterNotFound(f"no adapter named {name!r}", field)
         return folder
 
     def list(self) -> list[str]:

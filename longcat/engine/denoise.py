@@ -27,6 +27,7 @@ from longcat.conditioning import (
     text_position_ids,
     unpack_latents,
 )
+from longcat.engine.levers import execution_device
 from longcat.errors import Cancelled
 
 LATENT_CHANNELS = 16
@@ -71,7 +72,8 @@ class DenoiseLoop:
 
     @property
     def device(self) -> torch.device:
-        return self.transformer.device
+        # Where the transformer computes, also while its weights are offloaded (longcat.engine.levers).
+        return execution_device(self.transformer)
 
     @property
     def dtype(self) -> torch.dtype:

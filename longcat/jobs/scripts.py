@@ -40,7 +40,7 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'MISSING', 0} end
 if state ~= 'QUEUED' and state ~= 'RUNNING' then return {state, 0} end
 redis.call('ZREM', KEYS[2], ARGV[1])
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
 local function finish(st, code, reason)
   redis.call('HSET', KEYS[1], 'state', st, 'error_code', code, 'reason', reason, 'finished_at', ARGV[3])
   redis.call('HDEL', KEYS[1], 'worker')
@@ -52,13 +52,15 @@ if deadline > 0 and tonumber(ARGV[3]) > deadline then
   finish('FAILED', 'DEADLINE_EXCEEDED', 'its deadline passed before a worker could run it; it was not run')
   return {'EXPIRED', attempts}
 end
-if attempts > tonumber(ARGV[4]) then
+-- attempts counts the times a worker took the job; the next take would be one too many: dead letter.
+if attempts >= tonumber(ARGV[4]) then
   local code = redis.call('HGET', KEYS[1], 'last_error_code') or 'INTERNAL'
   local last = redis.call('HGET', KEYS[1], 'last_error') or 'its worker stopped answering'
-  finish('FAILED', code, 'failed ' .. (attempts - 1) .. ' deliveries; last error: ' .. last)
+  finish('FAILED', code, 'failed ' .. attempts .. ' deliveries; last error: ' .. last)
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', 10000, '*', 'job', ARGV[1], 'time', ARGV[3])
   return {'DEAD', attempts}
 end
+attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'worker', ARGV[2])
 if redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then redis.call('HSET', KEYS[1], 'started_at', ARGV[3]) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'kind', 'running', 'state', 'RUNNING', 'time', ARGV[3],

@@ -34,7 +34,7 @@ class EnvDefaults(argparse.ArgumentParser):
         return super().add_argument(*names, **kwargs)
 
 
-def add_server_args(p: argparse.ArgumentParser, service: str) -> None:
+def add_server_args(p: argparse.ArgumentParser, service: str, threads: int = 8) -> None:
     p.add_argument("--host", default="0.0.0.0", help="address to listen on")
     p.add_argument("--port", type=int, default=DEFAULT_PORTS[service], help="gRPC port (0 = any free port)")
     p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORTS[service],
@@ -43,7 +43,7 @@ def add_server_args(p: argparse.ArgumentParser, service: str) -> None:
                    help="largest gRPC message sent or received, MiB (images and embeddings exceed 4 MiB)")
     p.add_argument("--grace-s", type=float, default=30.0,
                    help="on SIGTERM: seconds in-flight calls get to finish before they are cancelled")
-    p.add_argument("--threads", type=int, default=8, help="gRPC handler threads")
+    p.add_argument("--threads", type=int, default=threads, help="gRPC handler threads")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
 

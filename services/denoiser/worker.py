@@ -33,6 +33,11 @@ log = logging.getLogger("longcat.denoiser.worker")
 
 # Errors that no retry can fix: the job fails at once. Anything else is retried on another delivery.
 PERMANENT = (InvalidArgument, NotFound, DeadlineExceeded)
+PUBLIC_REASONS = {
+    "UNAVAILABLE": "the encoder service was unreachable",
+    "DEADLINE_EXCEEDED": "the encoder service did not answer in time",
+    "RESOURCE_EXHAUSTED": "the worker ran out of memory or capacity",
+}
 
 
 class JobTakenOver(Exception):
@@ -114,7 +119,8 @@ class EditWorker:
             code = exc.code if isinstance(exc, LongCatError) else "INTERNAL"
             log.warning("job attempt failed; it will be retried", exc_info=not isinstance(exc, LongCatError),
                         extra={"job_id": job_id, "attempt": attempts, "error": str(exc)})
-            self.store.record_error(job_id, code, f"{type(exc).__name__}: {exc}")
+            # What the client reads: the kind of failure, not internal addresses (those are in the log).
+            self.store.record_error(job_id, code, PUBLIC_REASONS.get(code, f"internal error ({type(exc).__name__})"))
         finally:
             beat.set()
             heart.join()

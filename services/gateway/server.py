@@ -36,7 +36,8 @@ def add_stack_args(p) -> None:
 
 def build_parser(parser=None):
     p = parser or EnvDefaults(prog="longcat serve gateway", description="The public gateway.")
-    add_server_args(p, "gateway")
+    # Its handlers mostly wait on Redis (a blocking Edit holds one for the whole job): many threads, cheap.
+    add_server_args(p, "gateway", threads=64)
     add_stack_args(p)
     p.add_argument("--model", default="", help="load this model's tokenizer to check prompt lengths ('' = skip)")
     p.add_argument("--api-keys-file", default="", help="API keys: JSON {key: owner} or lines owner:key "
