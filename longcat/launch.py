@@ -93,13 +93,19 @@ class ServiceProcess:
     def stop(self, sig=signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, sig, timeout)
         if self._log is not None:
             self._log.close()
         return self.proc.returncode
+
+
+def terminate(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 60.0) -> int:
+    """Ask ``proc`` to stop with ``sig``; SIGKILL it if it is still there after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-from longcat.cli.output import as_dict
+from longcat.cli.output import as_dict, emit_list
 from longcat.cli.remote import add_gateway_args, client
 
 
@@ -28,14 +28,7 @@ def register(sub) -> None:
 def run(args) -> int:
     with client(args) as lc:
         if args.verb == "list":
-            items = lc.list_adapters()
-            if args.json:
-                print(json.dumps([as_dict(a) for a in items]))
-            else:
-                for a in items:
-                    print(_line(a))
-                if not items:
-                    print("no adapters")
+            emit_list(lc.list_adapters(), args, _line, "no adapters")
             return 0
         a = lc.get_adapter(args.name) if args.verb == "show" else lc.delete_adapter(args.name)
         print(json.dumps(as_dict(a)) if args.json else ("deleted " if args.verb == "delete" else "") + _line(a))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from longcat.cli.output import as_dict, job_line
+from longcat.cli.output import as_dict, emit_list, job_line
 from longcat.cli.remote import add_gateway_args, client, follow
 
 
@@ -26,14 +26,7 @@ def register(sub) -> None:
 def run(args) -> int:
     with client(args) as lc:
         if args.verb == "list":
-            jobs = lc.list_jobs(args.kind, args.state, args.limit)
-            if args.json:
-                print(json.dumps([as_dict(j) for j in jobs]))
-            else:
-                for j in jobs:
-                    print(job_line(j))
-                if not jobs:
-                    print("no jobs")
+            emit_list(lc.list_jobs(args.kind, args.state, args.limit), args, job_line, "no jobs")
             return 0
         if args.verb == "watch":
             job = follow(lc, args.job_id, bars=not args.json, events_json=args.json)

@@ -53,3 +53,14 @@ def emit(obj, args, human: str) -> None:
 
 def err(text: str) -> None:
     print(text, file=sys.stderr)
+
+
+def emit_list(items, args, line, empty: str) -> None:
+    """A list for people (one line each, or ``empty``) or for scripts (a JSON array)."""
+    if getattr(args, "json", False):
+        print(json.dumps([as_dict(i) for i in items]))
+        return
+    for i in items:
+        print(line(i))
+    if not items:
+        print(empty)

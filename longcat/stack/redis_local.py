@@ -9,10 +9,12 @@ like the services, and stops it last.
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import time
 
 from longcat.errors import LongCatError, Unavailable
+from longcat.launch import terminate
 from longcat.stack.plan import LOCAL_HOSTS, RedisSpec
 
 INSTALL_HINT = ("redis-server is not installed, and no Redis answers at {url}. Install it "
@@ -120,13 +122,7 @@ class PrivateRedis:
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, signal.SIGTERM, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
