@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from longcat.rpc.server import GrpcServer
 from longcat.v1 import denoiser_pb2_grpc
 from services.denoiser.servicer import SERVICE, DenoiserBackend, DenoiserServicer
 
+log = logging.getLogger("longcat.denoiser")
+
 
 def build_parser(parser=None):
     p = parser or EnvDefaults(prog="longcat serve denoiser",
@@ -30,6 +33,12 @@ def build_parser(parser=None):
     p.add_argument("--adapter-cache", type=int, default=8, help="LoRA adapters kept loaded at once (LRU)")
     p.add_argument("--no-cfg-batch", action="store_true",
                    help="run CFG as two forwards instead of one batch-2 forward (half the activation memory)")
+    p.add_argument("--speed", choices=("auto", "off"), default="auto",
+                   help="speed levers: the device's defaults (longcat/engine/levers.py; with adapters served, "
+                        "compile and fused QKV stay off) or none")
+    p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory for large outputs)")
+    p.add_argument("--group-offload", action="store_true",
+                   help="keep transformer blocks in CPU memory, stream them to the GPU (fits small GPUs, slower)")
     p.add_argument("--redis-url", default="", help="consume edit jobs from this Redis ('' = gRPC only)")
     p.add_argument("--namespace", default="lc", help="Redis key prefix (as the gateway's)")
     p.add_argument("--encoder", default="127.0.0.1:50061", help="encoder service address for edit jobs")
@@ -50,12 +59,19 @@ def warm_up(backend: DenoiserBackend) -> None:
 
 
 def build_backend(args) -> DenoiserBackend:
+    from longcat.engine.levers import SpeedConfig, apply_speed_config
+
     components = load_components(args.model, DENOISER_COMPONENTS, device=args.device, precision=args.precision)
+    speed = SpeedConfig.for_device(components.device, adapters=True) if args.speed == "auto" else SpeedConfig()
+    speed = speed.replace(cfg_batch=speed.cfg_batch and not args.no_cfg_batch, vae_tiling=args.vae_tiling,
+                          group_offload=args.group_offload)
+    applied = apply_speed_config(components, speed)
+    log.info("speed levers", extra={"levers": applied.applied, "notes": applied.notes})
     root = Path(os.path.expanduser(args.adapter_dir))
     root.mkdir(parents=True, exist_ok=True)
     return DenoiserBackend(
         loop=DenoiseLoop(components.transformer, components.vae, components.scheduler,
-                         cfg_batch=not args.no_cfg_batch),
+                         cfg_batch=speed.cfg_batch),
         adapters=AdapterManager(components.transformer, AdapterStore(root), capacity=args.adapter_cache),
         limits=Limits(max_pixels=args.max_pixels, max_steps=args.max_steps),
         adapter_root=root,
