@@ -23,7 +23,7 @@ from tests.redis_proc import RedisProcess
 
 pytestmark = pytest.mark.slow
 
-WORKER_ARGS = ("--heartbeat-timeout-s", "3", "--max-attempts", "2")
+WORKER_ARGS = ("--heartbeat-timeout-s", "3", "--max-attempts", "2", "--encoder-timeout-s", "8")
 CLIENTS = 40
 
 

@@ -25,23 +25,3 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     if isinstance(exc, LongCatError):
         return STATUS.get(exc.code, grpc.StatusCode.INTERNAL)
     return grpc.StatusCode.INTERNAL
-
-
-def error_from_rpc(err: grpc.RpcError) -> LongCatError:
-    """A client-side RpcError back into our exception types (field recovered from 'field: message')."""
-    from longcat import errors
-
-    code = err.code().name if err.code() else "INTERNAL"
-    details = err.details() or code
-    field, _, message = details.partition(": ")
-    if not message or " " in field:
-        field, message = None, details
-    cls = {
-        "INVALID_ARGUMENT": errors.InvalidArgument,
-        "NOT_FOUND": errors.NotFound,
-        "CANCELLED": errors.Cancelled,
-    }.get(code, errors.LongCatError)
-    exc = cls(message, field)
-    if cls is errors.LongCatError:
-        exc.code = code
-    return exc

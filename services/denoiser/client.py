@@ -9,7 +9,7 @@ import torch
 
 from longcat.rpc.channel import make_channel
 from longcat.rpc.codec import to_proto
-from longcat.rpc.errors import error_from_rpc
+from longcat.client.errors import from_rpc_error
 from longcat.v1 import common_pb2, denoiser_pb2, denoiser_pb2_grpc
 
 
@@ -33,7 +33,7 @@ class DenoiserClient:
         try:
             yield from call
         except grpc.RpcError as err:
-            raise error_from_rpc(err) from None
+            raise from_rpc_error(err) from None
         finally:
             call.cancel()
 

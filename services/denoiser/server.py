@@ -45,6 +45,8 @@ def build_parser(parser=None):
     p.add_argument("--heartbeat-timeout-s", type=float, default=30.0,
                    help="a job whose worker is silent this long is taken over by another worker")
     p.add_argument("--max-attempts", type=int, default=3, help="deliveries before a job is FAILED (dead letter)")
+    p.add_argument("--encoder-timeout-s", type=float, default=60.0,
+                   help="how long a job waits for the encoder (also while it restarts) before the attempt fails")
     p.add_argument("--result-ttl-s", type=int, default=3600, help="how long finished jobs and results are kept")
     return p
 
@@ -110,7 +112,7 @@ def start_worker(args, backend: DenoiserBackend):
 
     store = JobStore(connect(args.redis_url), Keys(args.namespace), result_ttl_s=args.result_ttl_s)
     worker = EditWorker(store, backend, EncoderClient(args.encoder), heartbeat_timeout_s=args.heartbeat_timeout_s,
-                        max_attempts=args.max_attempts)
+                        max_attempts=args.max_attempts, encoder_timeout_s=args.encoder_timeout_s)
     threading.Thread(target=worker.run_forever, name="edit-worker", daemon=True).start()
     return worker
 

@@ -19,7 +19,7 @@ import uuid
 from longcat.engine.denoise import DenoiseJob, StepEvent
 from longcat.engine.request import validate_request
 from longcat.jobs.edit_request import request_from_proto
-from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound
+from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound, Unavailable
 from longcat.images import encode_png
 from longcat.jobs.connection import REDIS_ERRORS
 from longcat.jobs.store import JobStore
@@ -46,12 +46,14 @@ class JobTakenOver(Exception):
 
 class EditWorker:
     def __init__(self, store: JobStore, backend: DenoiserBackend, encoder, heartbeat_timeout_s: float = 30.0,
-                 max_attempts: int = 3, block_ms: int = 1000, name: str | None = None):
+                 max_attempts: int = 3, block_ms: int = 1000, name: str | None = None,
+                 encoder_timeout_s: float = 60.0):
         self.store = store
         self.backend = backend
         self.encoder = encoder
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.max_attempts = max_attempts
+        self.encoder_timeout_s = encoder_timeout_s  # an attempt waits this long for the encoder, then fails
         self.block_ms = block_ms
         self.consumer = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()
@@ -136,6 +138,20 @@ class EditWorker:
             except REDIS_ERRORS:
                 pass  # the main loop will notice; a missed beat only risks a reclaim, which fencing makes safe
 
+    def _encode(self, req, msg, job_id: str, deadline: float):
+        """Embeddings from the encoder service; waits for it up to ``encoder_timeout_s`` (or the job's deadline)."""
+        wait = self.encoder_timeout_s if not deadline else min(self.encoder_timeout_s, max(1.0, deadline - time.time()))
+        try:
+            return self.encoder.encode(req.prompt, msg.image, req.geometry.width, req.geometry.height,
+                                       negative_prompt=req.negative_prompt, with_negative=req.do_cfg,
+                                       truncate_prompt=req.truncate_prompt, timeout=wait,
+                                       metadata=[("x-request-id", job_id)])
+        except DeadlineExceeded:
+            if deadline and time.time() >= deadline:
+                raise DeadlineExceeded("its deadline passed while it was running") from None
+            # Our own wait ran out, not the client's deadline: the encoder is down, retry on another delivery.
+            raise Unavailable("the encoder service was unreachable") from None
+
     def _run(self, job_id: str, token: str) -> None:
         view = self.store.get(job_id)
         raw = self.store.request_bytes(job_id)
@@ -146,11 +162,7 @@ class EditWorker:
         started = time.time()
         deadline = view.deadline
 
-        enc = self.encoder.encode(req.prompt, msg.image, req.geometry.width, req.geometry.height,
-                                  negative_prompt=req.negative_prompt, with_negative=req.do_cfg,
-                                  truncate_prompt=req.truncate_prompt,
-                                  timeout=max(1.0, deadline - time.time()) if deadline else None,
-                                  metadata=[("x-request-id", job_id)])
+        enc = self._encode(req, msg, job_id, deadline)
         t_encoded = time.time()
         cancel = threading.Event()
 

@@ -9,7 +9,7 @@ import torch
 
 from longcat.rpc.channel import make_channel
 from longcat.rpc.codec import from_proto
-from longcat.rpc.errors import error_from_rpc
+from longcat.client.errors import from_rpc_error
 from longcat.v1 import encoder_pb2, encoder_pb2_grpc
 
 
@@ -37,9 +37,12 @@ class EncoderClient:
                                               width=width, height=height, with_negative=with_negative,
                                               truncate_prompt=truncate_prompt, prompt_view=prompt_view)
         try:
-            resp = self.stub.EncodePrompt(req, timeout=timeout or self.timeout, metadata=metadata)
+            # wait_for_ready: a restarting encoder (or one still reconnecting) is waited for within the
+            # timeout instead of failing the call at once.
+            resp = self.stub.EncodePrompt(req, timeout=timeout or self.timeout, metadata=metadata,
+                                          wait_for_ready=True)
         except grpc.RpcError as err:
-            raise error_from_rpc(err) from None
+            raise from_rpc_error(err) from None
         return Encoded(
             prompt_embeds=from_proto(resp.prompt_embeds, "prompt_embeds"),
             negative_embeds=from_proto(resp.negative_embeds, "negative_embeds", required=False),
