@@ -20,7 +20,8 @@ _FLOATS = ("created_at", "started_at", "finished_at", "deadline")
 _INTS = ("attempts", "seq", "step", "total_steps", "width", "height", "seed")
 
 
-def _s(v) -> str:
+def as_str(v) -> str:
+    """Redis replies are bytes; the job store speaks str."""
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
@@ -61,7 +62,7 @@ class JobView:
 
     @classmethod
     def from_hash(cls, job_id: str, raw: dict) -> "JobView":
-        data = {_s(k): _s(v) for k, v in raw.items()}
+        data = {as_str(k): as_str(v) for k, v in raw.items()}
         view = cls(id=job_id)
         for k, v in data.items():
             if k in _FLOATS:
@@ -138,7 +139,7 @@ class JobStore:
         if status == -1:
             raise ResourceExhausted(f"the {kind} queue is full ({position} jobs waiting); retry in a few "
                                     "seconds", "queue")
-        return _s(existing), status == 1, int(position)
+        return as_str(existing), status == 1, int(position)
 
     def get(self, job_id: str) -> JobView | None:
         raw = self.r.hgetall(self.k.job(job_id))
@@ -156,20 +157,20 @@ class JobStore:
         return view.to_proto(png, self.position(view.id, view.kind) if view.state == "QUEUED" else 0)
 
     def cancel(self, job_id: str, kind: str = "edit") -> str:
-        return _s(self._cancel(keys=[self.k.job(job_id), self.queue_key(kind), self.k.events(job_id),
+        return as_str(self._cancel(keys=[self.k.job(job_id), self.queue_key(kind), self.k.events(job_id),
                                      self.k.request(job_id)], args=[job_id, time.time(), self.result_ttl_s]))
 
     def events(self, job_id: str, after: str = "0", block_ms: int | None = None, count: int = 100):
         """[(event id, fields)] after ``after``; blocks up to ``block_ms`` for new ones."""
         out = self.r.xread({self.k.events(job_id): after or "0"}, count=count, block=block_ms)
-        return [(_s(eid), {_s(k): v for k, v in f.items()}) for _, entries in out for eid, f in entries]
+        return [(as_str(eid), {as_str(k): v for k, v in f.items()}) for _, entries in out for eid, f in entries]
 
     def list(self, owner: str | None, kind: str = "", state: str = "", limit: int = 100) -> list[JobView]:
         owners = [owner] if owner is not None else [
-            _s(k).split(":")[-2] for k in self.r.scan_iter(match=self.k.owner_jobs("*"), count=1000)]
+            as_str(k).split(":")[-2] for k in self.r.scan_iter(match=self.k.owner_jobs("*"), count=1000)]
         ids = []
         for o in owners:
-            ids += [_s(i) for i in self.r.zrevrange(self.k.owner_jobs(o), 0, max(limit, 1) * 4)]
+            ids += [as_str(i) for i in self.r.zrevrange(self.k.owner_jobs(o), 0, max(limit, 1) * 4)]
         views = [v for v in (self.get(i) for i in ids) if v is not None]
         views = [v for v in views if (not kind or v.kind == kind) and (not state or v.state == state)]
         return sorted(views, key=lambda v: -v.created_at)[:limit]
@@ -183,7 +184,7 @@ class JobStore:
         outcome, attempts = self._claim(
             keys=[self.k.job(job_id), self.queue_key(kind), self.k.events(job_id), self.k.edit_dead],
             args=[job_id, token, time.time(), max_attempts, self.result_ttl_s])
-        return _s(outcome), int(attempts)
+        return as_str(outcome), int(attempts)
 
     def finish(self, job_id: str, token: str, state: str, error_code: str = "", reason: str = "",
                fields: dict | None = None) -> bool:
@@ -201,7 +202,7 @@ class JobStore:
         return bool(self._progress(keys=[self.k.job(job_id), self.k.events(job_id)], args=argv))
 
     def add_event(self, job_id: str, event: dict) -> str:
-        return _s(self.r.xadd(self.k.events(job_id), {"time": time.time(), **event}, maxlen=10000,
+        return as_str(self.r.xadd(self.k.events(job_id), {"time": time.time(), **event}, maxlen=10000,
                               approximate=True))
 
     def update(self, job_id: str, **fields) -> None:
@@ -231,7 +232,7 @@ class JobStore:
 
     def read_new(self, consumer: str, block_ms: int) -> list[tuple[str, str]]:
         out = self.r.xreadgroup(EDIT_GROUP, consumer, {self.k.edit_stream: ">"}, count=1, block=block_ms)
-        return [(_s(eid), _s(f[b"job"])) for _, entries in out for eid, f in entries]
+        return [(as_str(eid), as_str(f[b"job"])) for _, entries in out for eid, f in entries]
 
     def reclaim_stale(self, consumer: str, min_idle_ms: int) -> list[tuple[str, str]]:
         """Take over entries whose worker stopped heart-beating (died) for ``min_idle_ms``."""
@@ -239,7 +240,7 @@ class JobStore:
                                                 start_id="0-0", count=1)
         for eid in deleted or ():  # entries trimmed away: nothing to run, drop them from the PEL
             self.r.xack(self.k.edit_stream, EDIT_GROUP, eid)
-        return [(_s(eid), _s(f[b"job"])) for eid, f in entries if f]
+        return [(as_str(eid), as_str(f[b"job"])) for eid, f in entries if f]
 
     def heartbeat(self, consumer: str, entry_id: str) -> None:
         """Reset the entry's idle time: the job is alive on this worker."""

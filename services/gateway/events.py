@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from longcat.jobs.store import JobStore, _s
+from longcat.jobs.store import JobStore, as_str
 from longcat.v1 import common_pb2, edit_pb2
 
 
 def _f(fields: dict, name: str, cast=float, default=0):
     v = fields.get(name)
-    return default if v is None else cast(_s(v))
+    return default if v is None else cast(as_str(v))
 
 
 def to_event(store: JobStore, job_id: str, event_id: str, fields: dict) -> edit_pb2.JobEvent:
-    kind = _s(fields.get("kind", b""))
-    ev = edit_pb2.JobEvent(event_id=event_id, job_id=job_id, state=edit_pb2.JobState.Value(_s(fields["state"])),
-                           time=_f(fields, "time"), message=_s(fields.get("message", b"")))
+    kind = as_str(fields.get("kind", b""))
+    ev = edit_pb2.JobEvent(event_id=event_id, job_id=job_id, state=edit_pb2.JobState.Value(as_str(fields["state"])),
+                           time=_f(fields, "time"), message=as_str(fields.get("message", b"")))
     if kind == "queued":
         ev.queue_position = _f(fields, "position", int)
     elif kind == "progress":
@@ -29,10 +29,10 @@ def to_event(store: JobStore, job_id: str, event_id: str, fields: dict) -> edit_
             lr=_f(fields, "lr"), eta_s=_f(fields, "eta_s")))
     elif kind == "validation":
         ev.validation.CopyFrom(edit_pb2.ValidationImage(
-            step=_f(fields, "step", int), index=_f(fields, "index", int), prompt=_s(fields.get("prompt", b"")),
+            step=_f(fields, "step", int), index=_f(fields, "index", int), prompt=as_str(fields.get("prompt", b"")),
             image_png=fields.get("image_png", b"")))
     elif kind == "checkpoint":
-        ev.checkpoint.CopyFrom(edit_pb2.Checkpoint(step=_f(fields, "step", int), path=_s(fields.get("path", b""))))
+        ev.checkpoint.CopyFrom(edit_pb2.Checkpoint(step=_f(fields, "step", int), path=as_str(fields.get("path", b""))))
     elif kind == "terminal":
         view = store.get(job_id)
         if view is not None:
@@ -53,7 +53,7 @@ def watch(store: JobStore, job_id: str, after: str, is_active, block_ms: int = 1
             if ev.HasField("queue_position"):
                 last_position = ev.queue_position
             yield ev
-            if _s(fields.get("kind", b"")) == "terminal":
+            if as_str(fields.get("kind", b"")) == "terminal":
                 return
         if not batch:
             view = store.get(job_id)

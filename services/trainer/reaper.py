@@ -7,7 +7,7 @@ import logging
 import threading
 
 from longcat.jobs.connection import REDIS_ERRORS
-from longcat.jobs.store import JobStore, _s
+from longcat.jobs.store import JobStore, as_str
 
 log = logging.getLogger("longcat.trainer.reaper")
 
@@ -19,7 +19,7 @@ def reap_once(store: JobStore, dispatch) -> list[str]:
         return []
     again = []
     for raw in store.r.smembers(k.train_active):
-        job_id = _s(raw)
+        job_id = as_str(raw)
         view = store.get(job_id)
         if view is None or view.terminal:
             store.r.srem(k.train_active, job_id)
