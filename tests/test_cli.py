@@ -73,3 +73,24 @@ def test_fp8_on_cpu_says_so(cli_model, tmp_path):
     proc = longcat("edit", "--model", str(cli_model), "--image", SAMPLE, "--prompt", "x", "--out",
                    str(tmp_path / "o.png"), "--precision", "fp8-torchao", "--device", "cpu")
     assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr
+
+
+def test_serve_runs_a_service_and_its_help_names_the_env_variables(tiny_model_path, tmp_path):
+    import signal
+
+    from longcat.launch import free_port
+    from longcat.rpc.channel import make_channel, wait_until_serving
+
+    help_text = longcat("serve", "gateway", "--help", check=True).stdout
+    assert "LONGCAT_REDIS_URL" in help_text and "LONGCAT_API_KEYS_FILE" in help_text
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "longcat.cli.main", "serve", "encoder", "--host", "127.0.0.1",
+                             "--port", str(port), "--metrics-port", "0", "--model", tiny_model_path],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"))
+    channel = make_channel(f"127.0.0.1:{port}")
+    try:
+        wait_until_serving(channel, "longcat.v1.Encoder", timeout=240)
+    finally:
+        channel.close()
+        proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, (tmp_path / "serve.log").read_text()[-2000:]
