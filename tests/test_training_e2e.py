@@ -245,3 +245,32 @@ def test_cli_train_uploads_local_folders_and_waits(stack, tmp_path):
     assert "published" in proc.stdout and "training" in proc.stderr  # the progress bar
     assert sorted(p.name for p in (tmp_path / "validation").glob("*.png"))  # validation images saved locally
     assert list((stack.data / "uploads").glob("cli-lora-*/edit-images/*.png"))
+
+
+def test_a_worker_shutting_down_pauses_its_job_at_a_checkpoint_and_another_resumes_it(stack):
+    """SIGTERM (a scale-down): the trainer checkpoints at its next step and exits at once; the job is not lost,
+    not restarted from zero, and does not use up an attempt."""
+    job = stack.client.train(_config(max_train_steps=3000, validation_steps=0, checkpointing_steps=1000,
+                                     num_validation_images=0, output_dir="runs/paused"), _dataloader(),
+                             name="paused", upload="never")
+    for ev in stack.client.watch(job.id):
+        if ev.WhichOneof("payload") == "training" and ev.training.step >= 5:
+            break
+    live = [t for t in stack.trainers if t.proc.poll() is None]
+    assert len(live) == 1
+    started = time.monotonic()
+    live[0].proc.send_signal(signal.SIGTERM)
+    assert live[0].proc.wait(120) == 0
+    assert time.monotonic() - started < 60  # it did not run the remaining ~3000 steps first
+    stack.trainers.append(stack.add_trainer())
+    stack.trainers[-1].wait_serving(240)
+    events = stack.events(job.id)
+    final = events[-1].job
+    assert final.state == edit_pb2.SUCCEEDED and final.step == 3000, final.reason
+    assert final.attempts == 1  # the pause was not a failed attempt
+    paused = next(i for i, ev in enumerate(events) if ev.message.startswith("paused at step"))
+    pause_step = int(events[paused].message.split()[3].rstrip(":"))
+    checkpoints = [ev.checkpoint.step for ev in events[:paused] if ev.WhichOneof("payload") == "checkpoint"]
+    assert checkpoints[-1] == pause_step  # a checkpoint exactly where it stopped (not a multiple of 1000)
+    after = [ev.training.step for ev in events[paused:] if ev.WhichOneof("payload") == "training"]
+    assert after == list(range(pause_step + 1, 3001))

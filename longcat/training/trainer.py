@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    status: str                               # "completed" | "cancelled"
+    status: str                               # "completed" | "cancelled" | "paused"
     step: int
     total_steps: int
     losses: list[float]                       # every step's loss since step 1 (restored ones included)
@@ -56,11 +56,14 @@ class Trainer:
 
     def __init__(self, config: TrainingConfig | str | dict, dataloader: DataloaderConfig | str | list, *,
                  on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
+                 should_pause: Callable[[], bool] | None = None,
                  components=None, embedder: Embedder | None = None, device: str | None = None):
         self.config = config if isinstance(config, TrainingConfig) else parse_config(config)
         self.dataloader = dataloader if isinstance(dataloader, DataloaderConfig) else parse_dataloader(dataloader)
         self.events = Events(on_event)
         self.should_stop = should_stop or (lambda: False)
+        # Polled like should_stop; true = checkpoint now and stop, to be resumed elsewhere (worker shutdown).
+        self.should_pause = should_pause or (lambda: False)
         self.components = components
         self.embedder = embedder
         self.device = device
@@ -154,6 +157,12 @@ class Trainer:
             if self.should_stop():
                 result.status = "cancelled"
                 break
+            if self.should_pause() and state.step > 0:
+                path = ckpt.save_checkpoint(state, out, run_meta, rank, alpha, c.checkpoints_total_limit)
+                result.checkpoints.append(path)
+                self.events.emit("checkpoint", step=state.step, path=str(path))
+                result.status = "paused"
+                break
             _, indices = sampler.at(state.step)
             loss, lr = train_step(state, dataset.batch(indices), settings)
             elapsed = time.perf_counter() - t0
@@ -167,8 +176,8 @@ class Trainer:
                 self._validate(validator, state.step, result)
 
         result.step = state.step
-        if result.status == "cancelled":
-            self.events.emit("cancelled", step=state.step, total=total)
+        if result.status in ("cancelled", "paused"):
+            self.events.emit(result.status, step=state.step, total=total)
         else:
             result.adapter_path = write_adapter(transformer, out, rank, alpha)
             if validator:

@@ -25,7 +25,8 @@ def reap_once(store: JobStore, dispatch) -> list[str]:
             store.r.srem(k.train_active, job_id)
             continue
         if view.state == "RUNNING" and not store.r.exists(k.train_lease(job_id)) and \
-                store.r.set(k.lock(f"redispatch:{job_id}:{view.attempts}"), "1", nx=True, ex=3600):
+                store.r.set(k.lock(f"redispatch:{job_id}:{view.attempts}:{view.extra.get('pauses', 0)}"), "1",
+                            nx=True, ex=3600):
             log.warning("training job lost its worker; dispatching it again",
                         extra={"job_id": job_id, "attempts": view.attempts})
             store.add_event(job_id, {"kind": "message", "state": "RUNNING",

@@ -50,6 +50,7 @@ class TrainerContext:
     max_attempts: int = 3
     consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     running: dict = field(default_factory=dict)
+    shutting_down: threading.Event = field(default_factory=threading.Event)  # set on the worker's SIGTERM
     _components: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -95,7 +96,10 @@ def run_training_job(ctx: TrainerContext, job_id: str) -> str:
         submission = TrainingSubmission.from_request(training_pb2.SubmitTrainingRequest.FromString(raw),
                                                      roots, view.owner, job_id)
         config = submission.config
-        if attempts > 1:  # redelivered after a worker died: continue from the last checkpoint
+        from longcat.training.checkpoint import list_checkpoints
+
+        if list_checkpoints(config.output_dir):
+            # This job ran before (its worker died, or paused at shutdown): continue from its last checkpoint.
             config.resume_from_checkpoint = "latest"
 
         def on_event(event: dict) -> None:
@@ -113,7 +117,17 @@ def run_training_job(ctx: TrainerContext, job_id: str) -> str:
         components = ctx.components(config.pretrained_model_name_or_path, config.base_model_precision)
         embedder = _embedder(ctx, config, components)
         result = Trainer(config, submission.dataloader, on_event=on_event, should_stop=should_stop,
-                         components=components, embedder=embedder).run()
+                         should_pause=ctx.shutting_down.is_set, components=components, embedder=embedder).run()
+        if result.status == "paused":
+            # This worker is going away: the checkpoint is written, the lease is released below, and the
+            # reaper of a live worker dispatches the job again; it resumes from this step. A pause is not a
+            # failure, so it does not use up one of the job's attempts.
+            ctx.store.r.hincrby(keys.job(job_id), "attempts", -1)
+            ctx.store.r.hincrby(keys.job(job_id), "pauses", 1)
+            ctx.store.progress(job_id, token, {"kind": "message", "state": "RUNNING",
+                                               "message": f"paused at step {result.step}: its worker is shutting "
+                                                          "down; resuming elsewhere"})
+            return "paused"
         if result.status == "cancelled":
             ctx.store.finish(job_id, token, "CANCELLED", "CANCELLED", f"cancelled at step {result.step}")
             return "CANCELLED"

@@ -85,6 +85,14 @@ def serve(args) -> None:
     def dispatch(job_id: str) -> None:
         app.send_task(TASK, args=[job_id], queue=QUEUE)
 
+    from celery.signals import worker_shutting_down
+
+    @worker_shutting_down.connect(weak=False)
+    def pause_running_job(**_):
+        # Warm shutdown (SIGTERM, e.g. a scale-down): the running job checkpoints at its next step and is
+        # handed to another worker, instead of holding this one until the pod is killed.
+        ctx.shutting_down.set()
+
     server = GrpcServer([SERVICE], args.host, args.port, args.max_message_mb, args.threads)
     trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(ctx), server.server)
     server.start()
@@ -92,8 +100,7 @@ def serve(args) -> None:
     threading.Thread(target=run_reaper, args=(ctx.store, dispatch, stop, args.reaper_period_s), daemon=True).start()
     server.mark_serving()
     log.info("trainer up", extra={"queue": QUEUE, "redis": args.redis_url})
-    # Celery's own warm shutdown on SIGTERM: it stops taking jobs and lets the running one reach its end;
-    # a job cut off by the pod's grace period keeps its checkpoint and is resumed elsewhere.
+    # Celery's own warm shutdown on SIGTERM: it stops taking jobs; the running one pauses at a checkpoint.
     try:
         app.worker_main(["worker", "--loglevel", args.log_level, "--queues", QUEUE, "--concurrency", "1",
                          "--pool", "threads", "--without-gossip", "--without-mingle", "--hostname",
