@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 
+from longcat.redact import redact_url
 from longcat.rpc.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS
 
 
@@ -165,9 +166,10 @@ def run(args) -> int:
         else:
             info = stack.describe()
             if args.json:
+                info["redis"] = {**info["redis"], "url": redact_url(info["redis"]["url"])}  # no password out
                 printer.json({"event": "up", "ok": True, **info})
             else:
-                redis = info["redis"]
+                redis = {**info["redis"], "url": redact_url(info["redis"]["url"])}
                 print(f"LongCat stack up in {time.monotonic() - printer.t0:.0f}s: gateway {info['gateway']}\n"
                       f"  export LONGCAT_GATEWAY={info['gateway']}\n"
                       f"  redis {redis['url']} ({'private, pid %s' % redis['pid'] if redis['owned'] else 'existing'})"

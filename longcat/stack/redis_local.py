@@ -15,6 +15,7 @@ import time
 
 from longcat.errors import LongCatError, Unavailable
 from longcat.launch import terminate
+from longcat.redact import redact_url
 from longcat.stack.plan import LOCAL_HOSTS, RedisSpec
 
 INSTALL_HINT = ("redis-server is not installed, and no Redis answers at {url}. Install it "
@@ -33,11 +34,11 @@ def probe(url: str, timeout: float = 1.0) -> str:
         return "ok"
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
         if isinstance(exc, redis.exceptions.AuthenticationError):
-            raise Unavailable(f"a Redis answers at {url} but refuses the URL's credentials: {exc}",
+            raise Unavailable(f"a Redis answers at {redact_url(url)} but refuses the URL's credentials: {exc}",
                               "redis_url") from None
         return "down"
     except redis.exceptions.ResponseError as exc:
-        raise Unavailable(f"something answers at {url} but not as a usable Redis: {exc}", "redis_url") from None
+        raise Unavailable(f"something answers at {redact_url(url)} but not as a usable Redis: {exc}", "redis_url") from None
     finally:
         client.close()
 
@@ -45,14 +46,14 @@ def probe(url: str, timeout: float = 1.0) -> str:
 def redis_server_binary(url: str) -> str:
     path = shutil.which("redis-server")
     if path is None:
-        raise Unavailable(INSTALL_HINT.format(url=url))
+        raise Unavailable(INSTALL_HINT.format(url=redact_url(url)))
     return path
 
 
 def can_start_private(spec: RedisSpec) -> None:
     """Raise a clear error when no private Redis can be started for this URL."""
     if not spec.url.startswith("redis://") or spec.host not in LOCAL_HOSTS:
-        raise Unavailable(f"no Redis answers at {spec.url}, and longcat up only starts one on this machine "
+        raise Unavailable(f"no Redis answers at {redact_url(spec.url)}, and longcat up only starts one on this machine "
                           f"(redis://127.0.0.1:PORT/DB): start that Redis, or use a local --redis-url")
     redis_server_binary(spec.url)
 

@@ -107,6 +107,7 @@ def start_worker(args, backend: DenoiserBackend):
     from longcat.jobs.connection import connect
     from longcat.jobs.keys import Keys
     from longcat.jobs.store import JobStore
+    from longcat.redact import redact_url
     from services.denoiser.worker import EditWorker
     from services.encoder.client import EncoderClient
 
@@ -114,6 +115,7 @@ def start_worker(args, backend: DenoiserBackend):
     worker = EditWorker(store, backend, EncoderClient(args.encoder), heartbeat_timeout_s=args.heartbeat_timeout_s,
                         max_attempts=args.max_attempts, encoder_timeout_s=args.encoder_timeout_s)
     threading.Thread(target=worker.run_forever, name="edit-worker", daemon=True).start()
+    log.info("consuming edit jobs", extra={"redis": redact_url(args.redis_url), "namespace": args.namespace})
     return worker
 
 

@@ -15,6 +15,7 @@ from longcat.jobs.connection import REDIS_ERRORS, connect
 from longcat.jobs.keys import Keys
 from longcat.jobs.store import JobStore
 from longcat.logs import setup_logging
+from longcat.redact import redact_url
 from longcat.rpc.config import EnvDefaults, add_server_args
 from longcat.rpc.metrics import serve_metrics
 from longcat.rpc.server import GrpcServer
@@ -107,7 +108,7 @@ def serve(args) -> None:
     stop = threading.Event()
     server.install_signal_handlers(args.grace_s, on_stop=stop.set)
     server.start()
-    log.info("gateway up", extra={"auth": "on" if auth.enabled else "off", "redis": args.redis_url})
+    log.info("gateway up", extra={"auth": "on" if auth.enabled else "off", "redis": redact_url(args.redis_url)})
     threading.Thread(target=monitor_redis, args=(client, server, stop), daemon=True).start()
     server.wait()
 

@@ -16,6 +16,7 @@ from longcat.jobs.connection import connect
 from longcat.jobs.keys import Keys
 from longcat.jobs.store import JobStore
 from longcat.logs import setup_logging
+from longcat.redact import redact_url
 from longcat.rpc.config import EnvDefaults, add_server_args
 from longcat.rpc.handler import rpc_method
 from longcat.rpc.metrics import serve_metrics
@@ -99,7 +100,7 @@ def serve(args) -> None:
     stop = threading.Event()
     threading.Thread(target=run_reaper, args=(ctx.store, dispatch, stop, args.reaper_period_s), daemon=True).start()
     server.mark_serving()
-    log.info("trainer up", extra={"queue": QUEUE, "redis": args.redis_url})
+    log.info("trainer up", extra={"queue": QUEUE, "redis": redact_url(args.redis_url)})
     # Celery's own warm shutdown on SIGTERM: it stops taking jobs; the running one pauses at a checkpoint.
     try:
         app.worker_main(["worker", "--loglevel", args.log_level, "--queues", QUEUE, "--concurrency", "1",
