@@ -82,14 +82,15 @@ def render_dir(path: Path) -> list[dict]:
 
 @lru_cache(maxsize=None)
 def _render(name: str) -> tuple:
-    if name == "gpu+external-redis":  # the documented external-Redis option, composed as a user would
+    if name.startswith("gpu+"):  # a documented option of the gpu overlay, composed as a user would
         import tempfile
 
         tmp = Path(tempfile.mkdtemp(prefix="longcat-kustomize-"))
         rel = os.path.relpath(K8S, tmp)
+        components = "".join(f"  - {rel}/components/{c}\n" for c in name.split("+")[1:])
         (tmp / "kustomization.yaml").write_text(
             "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-            f"resources:\n  - {rel}/overlays/gpu\ncomponents:\n  - {rel}/components/external-redis\n")
+            f"resources:\n  - {rel}/overlays/gpu\ncomponents:\n{components}")
         try:
             return tuple(render_dir(tmp))
         finally:
@@ -99,6 +100,10 @@ def _render(name: str) -> tuple:
 
 TREES = ["base", "overlays/cpu-tiny", "overlays/gpu", "gpu+external-redis"]
 OVERLAYS = ["overlays/cpu-tiny", "overlays/gpu", "gpu+external-redis"]
+GPU_TREES = ["overlays/gpu", "gpu+external-redis"]
+# the gpu overlay with the clouds' own GPU labels instead of the node pool label (components/gpu-*)
+GPU_LABEL_OPTIONS = ["gpu+gpu-gke", "gpu+gpu-karpenter", "gpu+gpu-feature-discovery"]
+CLUSTER_SCOPED = {"Namespace", "PriorityClass"}
 
 
 def objs(tree: str) -> list[dict]:
@@ -162,12 +167,10 @@ def secret_data(tree: str, name: str) -> dict[str, str] | None:
     return data
 
 
-# Secrets that an overlay deliberately leaves to the operator (they hold credentials): tree -> names.
-EXTERNAL_SECRETS = {
-    "base": {"longcat-api-keys"},
-    "overlays/gpu": {"longcat-api-keys"},
-    "gpu+external-redis": {"longcat-api-keys", "longcat-redis"},
-}
+# Secrets that an overlay deliberately leaves to the operator (they hold credentials): tree -> names. Only
+# cpu-tiny (a local cluster) generates both, with development values.
+EXTERNAL_SECRETS = {tree: {"longcat-api-keys", "longcat-redis"}
+                    for tree in ["base", *GPU_TREES, *GPU_LABEL_OPTIONS, "gpu+node-local-weights"]}
 
 
 @pytest.mark.parametrize("tree", TREES)
@@ -178,7 +181,7 @@ def test_renders(tree):
     assert ("StatefulSet" in kinds) == (tree != "gpu+external-redis")  # Redis: in-cluster or external
     assert {o["metadata"]["name"] for o in find(tree, "Deployment")} == set(SERVICES)
     for o in objs(tree):
-        if o["kind"] != "Namespace":
+        if o["kind"] not in CLUSTER_SCOPED:
             assert o["metadata"].get("namespace") == NAMESPACE, f"{o['kind']}/{o['metadata']['name']}"
         assert o["metadata"].get("labels", {}).get("app.kubernetes.io/part-of") == "longcat-edit-stack", \
             f"{tree}: {o['kind']}/{o['metadata']['name']} misses the part-of label"
@@ -186,18 +189,27 @@ def test_renders(tree):
 
 # ---- schemas ------------------------------------------------------------------------------------------------------
 
+# Custom resources, validated against CRD schemas vendored in tests/schemas/: apiVersion -> file name prefix.
+CRD_SCHEMAS = {"keda.sh/v1alpha1": "keda-{kind}-v1alpha1.json",
+               "monitoring.coreos.com/v1": "monitoring-{kind}-v1.json"}
+
+
 @lru_cache(maxsize=None)
-def keda_validator(kind: str):
-    schema = json.loads((SCHEMAS / f"keda-{kind.lower()}-v1alpha1.json").read_text())
+def crd_validator(api_version: str, kind: str):
+    schema = json.loads((SCHEMAS / CRD_SCHEMAS[api_version].format(kind=kind.lower())).read_text())
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema)
 
 
-def validate(obj: dict) -> None:
-    if obj["apiVersion"].startswith("keda.sh/"):
-        keda_validator(obj["kind"]).validate(obj)
+def keda_validator(kind: str):
+    return crd_validator("keda.sh/v1alpha1", kind)
+
+
+def validate(obj: dict, versions=K8S_VERSIONS) -> None:
+    if obj["apiVersion"] in CRD_SCHEMAS:
+        crd_validator(obj["apiVersion"], obj["kind"]).validate(obj)
         return
-    for version in K8S_VERSIONS:
+    for version in versions:
         kubernetes_validate.validate(obj, version, strict=True)
 
 
@@ -205,7 +217,7 @@ def extras() -> list[dict]:
     return [o for f in sorted((K8S / "extras").glob("*.yaml")) for o in yaml.safe_load_all(f.read_text()) if o]
 
 
-@pytest.mark.parametrize("tree", TREES + ["extras"])
+@pytest.mark.parametrize("tree", TREES + GPU_LABEL_OPTIONS + ["extras"])
 def test_objects_match_the_kubernetes_and_keda_schemas(tree):
     errors = []
     for o in (extras() if tree == "extras" else objs(tree)):
@@ -227,12 +239,19 @@ def test_the_validators_are_not_vacuous():
     with pytest.raises(jsonschema.ValidationError):
         validate(so)
     so = json.loads(json.dumps(one("overlays/cpu-tiny", "ScaledObject", "denoiser")))
-    so["spec"]["triggers"][0]["metadata"]["lagCount"] = 2          # metadata values are strings
+    so["spec"]["triggers"][0]["metadata"]["streamLength"] = 1      # metadata values are strings
     with pytest.raises(jsonschema.ValidationError):
         validate(so)
     del so["spec"]["scaleTargetRef"]
     with pytest.raises(jsonschema.ValidationError):
         validate(so)
+    sm = json.loads(json.dumps(one("overlays/gpu", "ServiceMonitor", "longcat-edit-stack")))
+    sm["spec"]["endpoints"][0]["intervall"] = "30s"
+    with pytest.raises(jsonschema.ValidationError):
+        validate(sm)
+    sm["spec"]["endpoints"][0] = {"port": "metrics", "interval": "30 seconds"}
+    with pytest.raises(jsonschema.ValidationError):
+        validate(sm)
 
 
 # ---- ports, Services, probes ---------------------------------------------------------------------------------------
@@ -410,28 +429,124 @@ def test_secrets_and_references_resolve(tree):
 
 # ---- Redis ---------------------------------------------------------------------------------------------------------
 
+def redis_container(tree: str) -> dict:
+    (c,) = one(tree, "StatefulSet", "redis")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def redis_options(tree: str) -> dict[str, str]:
+    """redis-server's `--name value` options, with $(VAR) resolved from the container's env as the kubelet does."""
+    c = redis_container(tree)
+    env = {}
+    for e in c.get("env", []):
+        ref = e.get("valueFrom", {})
+        if "configMapKeyRef" in ref:
+            env[e["name"]] = one(tree, "ConfigMap", ref["configMapKeyRef"]["name"])["data"][ref["configMapKeyRef"]["key"]]
+        elif "secretKeyRef" in ref:
+            env[e["name"]] = ("secret", ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"])
+        else:
+            env[e["name"]] = e.get("value")
+    args = c["args"]
+    assert args[0] == "redis-server"
+    resolve = lambda v: env[v[2:-1]] if re.fullmatch(r"\$\(\w+\)", v) else v  # noqa: E731
+    return {k: resolve(v) for k, v in zip(args[1::2], args[2::2])}
+
+
+def quantity(q: str) -> int:
+    """A Kubernetes memory/storage quantity in bytes (Ki Mi Gi Ti, k M G T, plain)."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]i?|k)?", str(q))
+    assert m, q
+    unit = {None: 1, "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}[m[2]]
+    return int(float(m[1]) * unit)
+
+
+def redis_bytes(v: str) -> int:
+    """A redis.conf memory value: 1k = 1000, 1kb = 1024 (likewise m/mb, g/gb)."""
+    m = re.fullmatch(r"(\d+)(k|kb|m|mb|g|gb)?", v.lower())
+    assert m, v
+    return int(m[1]) * {None: 1, "k": 10**3, "kb": 2**10, "m": 10**6, "mb": 2**20, "g": 10**9, "gb": 2**30}[m[2]]
+
+
 @pytest.mark.parametrize("tree", TREES)
 def test_redis_statefulset_persists_and_is_what_the_services_dial(tree):
     if tree == "gpu+external-redis":
         assert not find(tree, "StatefulSet", "redis") and not find(tree, "Service", "redis")
+        assert not find(tree, "ConfigMap", "longcat-redis")
         return
     sts = one(tree, "StatefulSet", "redis")
-    args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
-    opts = dict(zip(args[1::2], args[2::2]))
+    opts = redis_options(tree)
     assert opts["--appendonly"] == "yes" and opts["--maxmemory-policy"] == "noeviction"
     (claim,) = sts["spec"]["volumeClaimTemplates"]
-    mount = next(m for m in sts["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
-                 if m["name"] == claim["metadata"]["name"])
+    mount = next(m for m in redis_container(tree)["volumeMounts"] if m["name"] == claim["metadata"]["name"])
     assert mount["mountPath"] == opts["--dir"]
     assert sts["spec"]["serviceName"] == "redis"
     assert one(tree, "Service", "redis")["spec"]["ports"][0]["port"] == 6379
+    for service in ("gateway", "denoiser", "trainer"):
+        assert container(tree, service)["env"][0]["name"] == "LONGCAT_REDIS_URL"
+        assert container(tree, service)["env"][0]["valueFrom"]["secretKeyRef"] == {"name": "longcat-redis", "key": "url"}
     data = secret_data(tree, "longcat-redis")
+    if data is None:  # created by the operator (deploy/README.md shows the command)
+        assert "longcat-redis" in EXTERNAL_SECRETS[tree]
+        return
     url = urlparse(data["url"])
     assert (url.hostname, url.port or 6379) == ("redis", 6379)
+    assert url.password == data["password"], "the services' URL must carry the password redis-server requires"
     host, port = data["address"].rsplit(":", 1)
     assert host == f"redis.{NAMESPACE}.svc.cluster.local" and int(port) == 6379  # KEDA resolves from its own ns
     for service in ("gateway", "denoiser", "trainer"):
         assert env_of(tree, service)["LONGCAT_REDIS_URL"] == data["url"]
+
+
+@pytest.mark.parametrize("tree", [t for t in TREES if t != "gpu+external-redis"])
+def test_redis_requires_the_password_of_the_secret_and_its_probe_uses_it(tree):
+    """redis-server --requirepass, the readiness probe's redis-cli (REDISCLI_AUTH) and KEDA's scalers all take
+    the key `password` of the Secret whose `url` the services dial."""
+    c = redis_container(tree)
+    assert redis_options(tree)["--requirepass"] == ("secret", "longcat-redis", "password")
+    refs = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in c["env"]}
+    assert refs["REDISCLI_AUTH"] == {"name": "longcat-redis", "key": "password"}
+    assert c["readinessProbe"]["exec"]["command"][0] == "redis-cli"
+    assert not any("-a" == arg or "--pass" in arg for arg in c["readinessProbe"]["exec"]["command"])
+    if tree != "base":
+        ta = one(tree, "TriggerAuthentication", "longcat-redis")["spec"]["secretTargetRef"]
+        assert {"parameter": "password", "name": "longcat-redis", "key": "password"} in ta
+
+
+# Redis sizing (deploy/README.md, "Sizing Redis"): what one queued request and one kept result weigh, how long
+# an edit takes, and the fixed part (job hashes, event streams, the Celery queue). Estimates per overlay.
+REDIS_SIZING = {  # tree: (MB per queued request, MB per result, seconds per edit per denoiser, fixed MB)
+    "overlays/cpu-tiny": (0.25, 0.25, 2.0, 64),
+    "overlays/gpu": (3.0, 3.0, 20.0, 256),
+}
+AOF_REWRITE_HEADROOM = 256 * 2**20   # client buffers and the rewrite buffer, beside the fork's copy-on-write
+
+
+@pytest.mark.parametrize("tree", [t for t in TREES if t != "gpu+external-redis"])
+def test_redis_memory_is_bounded_below_its_limit(tree):
+    """--maxmemory exists and leaves room for an append-only-file rewrite: the fork's copy-on-write can double
+    the dataset, so limit >= 2 x maxmemory + headroom. A reload of the AOF is bounded by maxmemory as well."""
+    maxmemory = redis_bytes(redis_options(tree)["--maxmemory"])
+    limit = quantity(redis_container(tree)["resources"]["limits"]["memory"])
+    assert maxmemory > 0
+    assert limit >= 2 * maxmemory + AOF_REWRITE_HEADROOM, f"{tree}: limit {limit} for maxmemory {maxmemory}"
+    assert redis_options(tree)["--maxmemory-policy"] == "noeviction"
+
+
+@pytest.mark.parametrize("tree", list(REDIS_SIZING))
+def test_redis_maxmemory_holds_the_queue_and_the_results_for_their_ttl(tree):
+    """maxmemory >= queue length x request size + results produced during the TTL x result size + fixed part,
+    all read from the rendered config: the gateway's --max-queue and --result-ttl-s, the denoisers' KEDA maximum."""
+    request_mb, result_mb, edit_s, fixed_mb = REDIS_SIZING[tree]
+    gateway = env_of(tree, "gateway")
+    max_queue = int(gateway["LONGCAT_MAX_QUEUE"])
+    ttl_s = int(gateway["LONGCAT_RESULT_TTL_S"])
+    assert int(env_of(tree, "denoiser")["LONGCAT_RESULT_TTL_S"]) == ttl_s  # the denoisers write the results
+    denoisers = one(tree, "ScaledObject", "denoiser")["spec"]["maxReplicaCount"]
+    need_mb = max_queue * request_mb + denoisers / edit_s * ttl_s * result_mb + fixed_mb
+    maxmemory = redis_bytes(redis_options(tree)["--maxmemory"])
+    assert maxmemory >= need_mb * 10**6, f"{tree}: maxmemory {maxmemory} < {need_mb:.0f} MB"
+    assert maxmemory <= 1.5 * need_mb * 10**6, f"{tree}: maxmemory far above the arithmetic: update both"
 
 
 # ---- KEDA ------------------------------------------------------------------------------------------------------------
@@ -460,21 +575,52 @@ def check_scaled_object(tree: str, so: dict) -> None:
 
 
 @pytest.mark.parametrize("tree", OVERLAYS)
-def test_denoisers_scale_on_the_edit_stream(tree):
+def test_denoisers_scale_on_one_signal_that_counts_waiting_and_running_edits(tree):
+    """One trigger: XLEN of the edit stream. The denoisers XACK *and* XDEL an entry when its edit is over
+    (JobStore.ack), so the stream holds exactly the edits waiting + in progress; the group's lag is not used (it
+    reads nil once entries are deleted). Target 1: one denoiser per edit. A fallback holds the fleet when KEDA
+    cannot read Redis."""
     so = one(tree, "ScaledObject", "denoiser")
     check_scaled_object(tree, so)
     spec = so["spec"]
     namespace = env_of(tree, "denoiser")["LONGCAT_NAMESPACE"]
     assert namespace == env_of(tree, "gateway")["LONGCAT_NAMESPACE"]
-    streams = [t for t in spec["triggers"] if t["type"] == "redis-streams"]
-    assert streams, "no redis-streams trigger"
-    for t in streams:
-        assert t["metadata"]["stream"] == Keys(namespace).edit_stream
-        assert t["metadata"]["consumerGroup"] == EDIT_GROUP
-    measured = {"lagCount" if "lagCount" in t["metadata"] else "pendingEntriesCount" for t in streams
-                if {"lagCount", "pendingEntriesCount"} & t["metadata"].keys()}
-    assert measured == {"lagCount", "pendingEntriesCount"}, "count both the waiting and the running edits"
-    assert "+" in spec["advanced"]["scalingModifiers"]["formula"]
+    (trigger,) = spec["triggers"]
+    assert trigger["type"] == "redis-streams"
+    meta = trigger["metadata"]
+    assert meta["stream"] == Keys(namespace).edit_stream
+    # streamLength alone: KEDA reads XLEN (pendingEntriesCount would win over it, lagCount reads XINFO GROUPS)
+    assert meta["streamLength"] == "1" and not {"pendingEntriesCount", "lagCount"} & meta.keys()
+    assert trigger.get("metricType", "AverageValue") == "AverageValue"  # per replica, and required by fallback
+    assert "scalingModifiers" not in spec.get("advanced", {})
+    assert spec["minReplicaCount"] >= 1  # XLEN cannot activate from zero; one warm denoiser
+    fb = spec["fallback"]
+    assert fb["failureThreshold"] >= 1 and spec["minReplicaCount"] <= fb["replicas"] <= spec["maxReplicaCount"]
+    assert fb.get("behavior") == "currentReplicasIfHigher"  # a read failure never shrinks a busy fleet
+    down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert all(p["type"] == "Pods" and p["value"] == 1 for p in down["policies"])
+
+
+def test_the_stream_holds_exactly_the_unfinished_edits(redis_server):
+    """What the XLEN signal relies on, on a real Redis: an ack (JobStore.ack) removes the entry, a delivered but
+    unacknowledged one stays; and the group's lag reads nil after an out-of-order ack (why it is not used)."""
+    from longcat.jobs.store import JobStore
+
+    store = JobStore(redis_server.client(), Keys("deploy-xlen"))
+    r, stream = store.r, store.k.edit_stream
+    r.delete(stream)
+    r.xgroup_create(stream, EDIT_GROUP, id="0", mkstream=True)
+    ids = [r.xadd(stream, {"job": f"j{i}"}).decode() for i in range(3)]
+    r.xreadgroup(EDIT_GROUP, "w1", {stream: ">"}, count=2)  # two in progress, one waiting
+    assert r.xlen(stream) == 3
+    store.ack(ids[1])                                        # the second finishes first
+    assert r.xlen(stream) == 2                               # one in progress + one waiting
+    (group,) = r.xinfo_groups(stream)
+    assert group["pending"] == 1 and group["lag"] is None    # pending misses the waiting one; lag is blind
+    store.ack(ids[0])
+    r.xreadgroup(EDIT_GROUP, "w1", {stream: ">"}, count=1)
+    store.ack(ids[2])
+    assert r.xlen(stream) == 0
 
 
 @pytest.mark.parametrize("tree", OVERLAYS)
@@ -517,20 +663,65 @@ def test_grace_periods_cover_a_drain(tree):
 GPU_SERVICES = ("encoder", "denoiser", "trainer")
 
 
-@pytest.mark.parametrize("tree", ["overlays/gpu", "gpu+external-redis"])
-def test_gpu_overlay_puts_models_on_gpus_in_bf16(tree):
+# GPU memory each pod needs, per precision (deploy/README.md, "Sizing per GPU"): the nominal size of the card
+# class (GB, as node pools and cloud products name it), and the least memory per GPU a driver or cloud API reports
+# for such a card (MiB: an "L4 24 GB" reports 23034, an "A100 40 GB" 40960, an "L40S 48 GB" 46068).
+GPU_NEED = {("encoder", "bf16"): (24, 20000), ("denoiser", "bf16"): (40, 39000), ("trainer", "bf16"): (48, 45000)}
+GB_LABEL = "longcat.io/gpu-memory-gb"                     # declared by the node pool (overlays/gpu)
+MIB_LABELS = {"nvidia.com/gpu.memory", "karpenter.k8s.aws/instance-gpu-memory"}
+GKE_PRODUCT_GB = {"nvidia-tesla-t4": 16, "nvidia-l4": 24, "nvidia-tesla-a100": 40, "nvidia-a100-80gb": 80,
+                  "nvidia-h100-80gb": 80, "nvidia-h100-mega-80gb": 80, "nvidia-h200-141gb": 141}
+
+
+def guaranteed_gpu_memory(term: dict) -> tuple[int, int]:
+    """(nominal GB, reported MiB) that every node matching one nodeSelectorTerm is sure to have (0 if none)."""
+    gb = mib = 0
+    for e in term.get("matchExpressions", []):
+        if e["key"] == GB_LABEL and e["operator"] == "Gt":
+            gb = max(gb, int(e["values"][0]) + 1)
+        elif e["key"] in MIB_LABELS and e["operator"] == "Gt":
+            mib = max(mib, int(e["values"][0]) + 1)
+        elif e["key"] == "cloud.google.com/gke-accelerator" and e["operator"] == "In":
+            gb = max(gb, min(GKE_PRODUCT_GB[v] for v in e["values"]))
+    return gb, mib
+
+
+@pytest.mark.parametrize("tree", GPU_TREES + GPU_LABEL_OPTIONS)
+def test_gpu_pods_require_a_node_with_enough_gpu_memory(tree):
+    """Required node affinity on labels a node pool declares (no nodeSelector on GPU feature discovery's
+    gpu.present, which a pool scaled to zero does not show); every term keeps the pod off a smaller card; the
+    GPU request is kept; the gateway and Redis stay off GPU nodes."""
     for service in SERVICES:
         c, spec = container(tree, service), pod_spec(tree, service)
         gpus = c["resources"].get("limits", {}).get("nvidia.com/gpu")
-        if service in GPU_SERVICES:
-            assert gpus == 1 and c["resources"]["requests"]["nvidia.com/gpu"] == 1
-            assert spec["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in spec["tolerations"])
-            env = env_of(tree, service)
-            assert env["LONGCAT_DEVICE"] == "cuda" and env["LONGCAT_MODEL"].startswith("/models/")
-            # the trainer leaves precision to each job (bf16 mixed precision on a GPU) unless forced to bf16
-            assert env.get("LONGCAT_PRECISION", "bf16" if service == "trainer" else None) == "bf16"
-        else:
-            assert gpus is None and "nodeSelector" not in spec
+        if service not in GPU_SERVICES:
+            assert gpus is None and "nodeSelector" not in spec and "affinity" not in spec
+            continue
+        assert gpus == 1 and c["resources"]["requests"]["nvidia.com/gpu"] == 1
+        assert "nodeSelector" not in spec
+        assert any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in spec["tolerations"])
+        env = env_of(tree, service)
+        assert env["LONGCAT_DEVICE"] == "cuda" and env["LONGCAT_MODEL"].startswith("/models/")
+        # the trainer leaves precision to each job (bf16 mixed precision on a GPU) unless forced to bf16
+        precision = env.get("LONGCAT_PRECISION", "bf16" if service == "trainer" else None)
+        assert precision == "bf16"
+        need_gb, need_mib = GPU_NEED[(service, precision)]
+        terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        assert terms
+        for term in terms:  # terms are ORed: each one alone must guarantee the memory
+            gb, mib = guaranteed_gpu_memory(term)
+            assert gb >= need_gb or mib >= need_mib, f"{tree}: {service} could land on a smaller GPU: {term}"
+
+
+def test_gpu_memory_check_is_not_vacuous():
+    """Control: a 24 GB node pool term does not pass for the bf16 denoiser, nor an L4 on GKE."""
+    need_gb, need_mib = GPU_NEED[("denoiser", "bf16")]
+    for term in ({"matchExpressions": [{"key": GB_LABEL, "operator": "Gt", "values": ["23"]}]},
+                 {"matchExpressions": [{"key": "cloud.google.com/gke-accelerator", "operator": "In",
+                                        "values": ["nvidia-l4", "nvidia-h100-80gb"]}]},
+                 {"matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}]}):
+        gb, mib = guaranteed_gpu_memory(term)
+        assert gb < need_gb and mib < need_mib
 
 
 def test_cpu_tiny_overlay_runs_the_tiny_model_on_cpu():
@@ -560,8 +751,8 @@ def test_pods_are_locked_down(tree):
             assert sc["capabilities"]["drop"] == ["ALL"], name
             assert "limits" in c["resources"] and "requests" in c["resources"], name
             image = c["image"]
-            if tree != "base":  # the base names the image; each overlay pins a tag
-                assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), image
+            if tree != "base":  # the base names the image; each overlay pins it (test_images_are_pinned_by_digest)
+                assert ("@sha256:" in image or ":" in image.rsplit("/", 1)[-1]) and not image.endswith(":latest"), image
             if name in SERVICES:
                 mounts = {m["mountPath"] for m in c["volumeMounts"]}
                 assert {"/tmp", "/var/cache/longcat"} <= mounts, f"{name}: writable scratch on a read-only root"
@@ -575,6 +766,10 @@ def test_every_service_has_a_disruption_budget(tree):
                 if p["spec"]["selector"]["matchLabels"].items() <= labels.items()]
         assert len(pdbs) == 1, service
         assert pdbs[0]["spec"].get("maxUnavailable") == 1  # never blocks a drain of a single replica
+
+
+# KEDA's namespace is admitted to Redis by a label, whatever its name (deploy/README.md, first install).
+REDIS_ACCESS_LABEL = "longcat.io/redis-access"
 
 
 @pytest.mark.parametrize("tree", TREES)
@@ -599,7 +794,7 @@ def test_only_the_gateway_is_reachable_from_outside_the_namespace(tree):
             if selected <= {"gateway"}:
                 assert rule_ports == {DEFAULT_PORTS["gateway"]}, p["metadata"]["name"]
             elif selected == {"redis"}:  # the KEDA operator reads the stream and the queue
-                assert peers == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}}}]
+                assert peers == [{"namespaceSelector": {"matchLabels": {REDIS_ACCESS_LABEL: "true"}}}]
                 assert rule_ports == {6379}
             else:  # Prometheus, from a labelled namespace, to /metrics only
                 assert peers and all("namespaceSelector" in peer and peer["namespaceSelector"] for peer in peers)
@@ -618,6 +813,202 @@ def test_shared_volumes(tree):
     assert users["datasets"] == {"gateway", "trainer"}
     assert users["outputs"] == {"gateway", "trainer"}
     assert users["models"] >= {"encoder", "denoiser", "trainer"}
+
+
+# ---- a real GPU cluster: weights, rollouts, priorities, spreading, disk, images, monitoring, drain -------------
+
+MODEL_SERVICES = ("gateway", "encoder", "denoiser", "trainer")   # every pod that reads /models (gateway: tokenizer)
+
+
+def download_job() -> dict:
+    (job,) = [o for o in extras() if o["kind"] == "Job" and o["metadata"]["name"] == "model-download"]
+    return job
+
+
+def init_container(tree: str, service: str, name: str) -> dict | None:
+    return next((c for c in pod_spec(tree, service).get("initContainers", []) if c["name"] == name), None)
+
+
+@pytest.mark.parametrize("tree", GPU_TREES + ["gpu+node-local-weights"])
+def test_model_pods_wait_for_the_download_jobs_completion_marker(tree):
+    """The Job writes its marker only after the download succeeded; each pod that reads the model folder waits
+    for exactly that file in an init container (Init, not CrashLoopBackOff), from the same volume."""
+    job = download_job()
+    (jc,) = job["spec"]["template"]["spec"]["containers"]
+    jenv = {e["name"]: e["value"] for e in jc["env"]}
+    script = jc["command"][-1]
+    assert jc["command"][:2] == ["sh", "-c"]
+    steps = [step.strip() for step in script.split("&&")]
+    assert steps[-1] == 'touch "$DEST/.download-complete"' and any(st.startswith("hf download") for st in steps[:-1])
+    assert steps[0] == 'rm -f "$DEST/.download-complete"'  # a re-run never leaves a stale marker meanwhile
+    marker = f"{jenv['DEST']}/.download-complete"
+    for service in MODEL_SERVICES:
+        model = env_of(tree, service)["LONGCAT_MODEL"]
+        assert model == jenv["DEST"], f"{tree}: {service} reads {model}, the Job fills {jenv['DEST']}"
+        wait = init_container(tree, service, "wait-for-weights")
+        assert wait, f"{tree}: {service} would crash while the weights are missing"
+        assert {e["name"]: e["value"] for e in wait["env"]}["MARKER"] == marker
+        assert 'until [ -f "$MARKER" ]' in wait["command"][-1]
+        main_mount = next(m for m in container(tree, service)["volumeMounts"] if model.startswith(m["mountPath"] + "/"))
+        wait_mount = next(m for m in wait["volumeMounts"] if marker.startswith(m["mountPath"] + "/"))
+        assert (wait_mount["name"], wait_mount["mountPath"]) == (main_mount["name"], main_mount["mountPath"])
+        assert wait["securityContext"]["readOnlyRootFilesystem"] and wait["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        assert "limits" in wait["resources"]
+
+
+# Documented load time (deploy/README.md, "Load time"): a cold scale-out of 8 denoisers + 2 encoders reads
+# ~135 GB of bf16 weights from the shared volume, at ~250 MB/s aggregate for a typical RWX tier, then moves them
+# to the GPU and warms up (~60 s). Estimates, not measurements.
+COLD_SCALE_OUT_GB, SHARED_VOLUME_MB_S, WARM_UP_S = 135, 250, 60
+IMAGE_PULL_AND_NODE_UP_S = 600     # a ~10 GB CUDA image and a GPU node scaled up from zero
+
+
+@pytest.mark.parametrize("tree", GPU_TREES)
+def test_startup_probes_and_progress_deadlines_cover_the_load_time(tree):
+    load_s = COLD_SCALE_OUT_GB * 1000 / SHARED_VOLUME_MB_S + WARM_UP_S
+    for service in GPU_SERVICES:
+        probe = container(tree, service)["startupProbe"]
+        budget = probe.get("initialDelaySeconds", 0) + probe["periodSeconds"] * probe["failureThreshold"]
+        assert budget >= 2 * load_s, f"{tree}: {service} startup budget {budget}s < 2 x {load_s:.0f}s"
+        deadline = one(tree, "Deployment", service)["spec"]["progressDeadlineSeconds"]
+        assert deadline >= budget + IMAGE_PULL_AND_NODE_UP_S, f"{tree}: {service} progressDeadlineSeconds"
+
+
+@pytest.mark.parametrize("tree", GPU_TREES)
+def test_gpu_rollouts_work_on_a_fixed_pool(tree):
+    """No surge pod (it would wait for a GPU that does not exist): one old pod goes, then its replacement comes."""
+    for service in GPU_SERVICES:
+        strategy = one(tree, "Deployment", service)["spec"]["strategy"]
+        assert strategy.get("type", "RollingUpdate") == "RollingUpdate"
+        assert strategy["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_serving_outranks_training(tree):
+    classes = {o["metadata"]["name"]: o for o in find(tree, "PriorityClass")}
+    serving, training = classes["longcat-serving"], classes["longcat-training"]
+    assert serving["value"] > training["value"] and not serving.get("globalDefault") and not training.get("globalDefault")
+    assert training["preemptionPolicy"] == "Never"   # a trainer waits for a GPU, never evicts anything
+    assert serving.get("preemptionPolicy", "PreemptLowerPriority") == "PreemptLowerPriority"
+    for service in ("gateway", "encoder", "denoiser"):
+        assert pod_spec(tree, service)["priorityClassName"] == "longcat-serving"
+    assert pod_spec(tree, "trainer")["priorityClassName"] == "longcat-training"
+    if find(tree, "StatefulSet", "redis"):
+        assert one(tree, "StatefulSet", "redis")["spec"]["template"]["spec"]["priorityClassName"] == "longcat-serving"
+
+
+@pytest.mark.parametrize("tree", TREES)
+def test_serving_replicas_spread_over_zones_and_nodes(tree):
+    for service in ("gateway", "encoder", "denoiser"):
+        labels = one(tree, "Deployment", service)["spec"]["template"]["metadata"]["labels"]
+        spread = {c["topologyKey"]: c for c in pod_spec(tree, service)["topologySpreadConstraints"]}
+        assert set(spread) == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+        for c in spread.values():
+            assert c["labelSelector"]["matchLabels"].items() <= labels.items() and c["maxSkew"] == 1
+            assert c["whenUnsatisfiable"] == "ScheduleAnyway"  # a one-zone GPU pool must still schedule
+
+
+def disk_empty_dirs(spec: dict) -> int:
+    return sum(quantity(v["emptyDir"].get("sizeLimit", "0")) for v in spec.get("volumes", [])
+               if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory")
+
+
+@pytest.mark.parametrize("tree", TREES + ["gpu+node-local-weights"])
+def test_ephemeral_storage_is_requested_for_the_scratch_volumes(tree):
+    """emptyDirs on the node's disk count as ephemeral storage: the scheduler must know about them (requests),
+    or a node fills up and the kubelet evicts pods."""
+    for o in find(tree, "Deployment") + find(tree, "StatefulSet"):
+        spec = o["spec"]["template"]["spec"]
+        need = disk_empty_dirs(spec)
+        for c in spec["containers"]:
+            req = c["resources"]["requests"].get("ephemeral-storage")
+            assert req, f"{tree}: {o['metadata']['name']}/{c['name']} requests no ephemeral-storage"
+        main = sum(quantity(c["resources"]["requests"]["ephemeral-storage"]) for c in spec["containers"])
+        assert main >= need, f"{tree}: {o['metadata']['name']} requests {main} for {need} of emptyDirs"
+        for c in spec.get("initContainers", []):
+            assert c["resources"]["requests"].get("ephemeral-storage"), c["name"]
+
+
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+@pytest.mark.parametrize("tree", OVERLAYS + GPU_LABEL_OPTIONS)
+def test_images_are_pinned_by_digest(tree):
+    """A tag can be moved; a digest names one image. The one exception: cpu-tiny's locally built image, loaded
+    into kind/minikube, has no registry digest."""
+    for o in find(tree, "Deployment") + find(tree, "StatefulSet"):
+        spec = o["spec"]["template"]["spec"]
+        for c in spec["containers"] + spec.get("initContainers", []):
+            if tree == "overlays/cpu-tiny" and c["image"] == f"{IMAGE}:cpu":
+                continue
+            assert DIGEST.search(c["image"]), f"{tree}: {o['metadata']['name']}/{c['name']} {c['image']}"
+
+
+@pytest.mark.parametrize("tree", GPU_TREES)
+def test_service_monitor_scrapes_every_service(tree):
+    (sm,) = find(tree, "ServiceMonitor")
+    validate(sm)
+    (endpoint,) = sm["spec"]["endpoints"]
+    selector = sm["spec"]["selector"]
+
+    def selected(labels: dict) -> bool:
+        ok = selector.get("matchLabels", {}).items() <= labels.items()
+        for e in selector.get("matchExpressions", []):
+            assert e["operator"] == "In"
+            ok = ok and labels.get(e["key"]) in e["values"]
+        return ok
+
+    scraped = {svc["metadata"]["name"] for svc in find(tree, "Service") if selected(svc["metadata"]["labels"])}
+    assert scraped == set(SERVICES)
+    for service in SERVICES:
+        port = {p["name"]: p for p in one(tree, "Service", service)["spec"]["ports"]}[endpoint["port"]]
+        assert port["port"] == DEFAULT_METRICS_PORTS[service]
+    assert endpoint["path"] == "/metrics"
+
+
+def ingress_timeout_s() -> int:
+    (ing,) = [o for o in extras() if o["kind"] == "Ingress"]
+    return int(ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"])
+
+
+@pytest.mark.parametrize("tree", GPU_TREES)
+def test_gateway_drain_outlasts_its_longest_call(tree):
+    """A blocking Edit can wait for the whole queue ahead of it (max-queue / denoisers x edit time) plus its own
+    edit; the gateway's drain (--grace-s) must let it finish, and the pod's grace period must cover preStop +
+    that drain. WatchJob streams are cut at the end of the drain: the clients resume after the last event."""
+    _, _, edit_s, _ = REDIS_SIZING["overlays/gpu"]
+    env = env_of(tree, "gateway")
+    denoisers = one(tree, "ScaledObject", "denoiser")["spec"]["maxReplicaCount"]
+    longest_edit_s = int(env["LONGCAT_MAX_QUEUE"]) / denoisers * edit_s + edit_s
+    grace = float(env["LONGCAT_GRACE_S"])
+    assert grace >= longest_edit_s and grace >= ingress_timeout_s(), f"{tree}: drain {grace}s < {longest_edit_s}s"
+    pre = container(tree, "gateway")["lifecycle"]["preStop"]["exec"]["command"]
+    assert pod_spec(tree, "gateway")["terminationGracePeriodSeconds"] > float(pre[1]) + grace
+
+
+def test_watch_clients_resume_after_the_last_event():
+    """What lets the drain cut WatchJob streams: the client library re-opens the watch after the last event seen."""
+    import inspect
+
+    from longcat.client import sync
+
+    source = inspect.getsource(sync)
+    assert "after_event_id=after" in source
+
+
+def test_node_local_weights_option():
+    """components/node-local-weights: the model folder is an OCI image volume pinned by digest (pulled once per
+    node, cached by the runtime) instead of the shared PVC; the pods still wait for the completion marker."""
+    tree = "gpu+node-local-weights"
+    newest = (kubernetes_validate.latest_version(),)  # `image` volumes: Kubernetes 1.31+
+    for o in objs(tree):
+        validate(o, versions=newest)
+    for service in MODEL_SERVICES:
+        volumes = {v["name"]: v for v in pod_spec(tree, service)["volumes"]}
+        models = volumes["models"]
+        assert "persistentVolumeClaim" not in models and DIGEST.search(models["image"]["reference"])
+        assert models["image"]["pullPolicy"] == "IfNotPresent"
+        assert init_container(tree, service, "wait-for-weights")
 
 
 # ---- images ------------------------------------------------------------------------------------------------------------
