@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 import zipfile
 from functools import lru_cache
@@ -513,6 +514,60 @@ def test_redis_requires_the_password_of_the_secret_and_its_probe_uses_it(tree):
         assert {"parameter": "password", "name": "longcat-redis", "key": "password"} in ta
 
 
+def test_rendered_redis_command_requires_the_password_and_its_probe_passes(tmp_path):
+    """cpu-tiny's redis-server command line, run for real (with its $(VARS) resolved as the kubelet does):
+    unauthenticated clients are refused, the readiness probe's `redis-cli ping` passes with REDISCLI_AUTH, the
+    services' URL from the Secret connects, maxmemory and noeviction are in force; and `longcat up`'s probe
+    names that Redis without the password when the password is wrong."""
+    import redis as redis_py
+
+    from longcat.errors import Unavailable
+    from longcat.launch import free_port
+    from longcat.stack.redis_local import probe
+
+    tree = "overlays/cpu-tiny"
+    secret = secret_data(tree, "longcat-redis")
+    c = redis_container(tree)
+    port = free_port()
+    args = []
+    for a in c["args"]:
+        m = re.fullmatch(r"\$\((\w+)\)", a)
+        args.append({"REDIS_PASSWORD": secret["password"],
+                     "REDIS_MAXMEMORY": redis_options(tree)["--maxmemory"]}[m[1]] if m else a)
+    opts = dict(zip(args[1::2], args[2::2]))
+    args[args.index("--dir") + 1] = str(tmp_path)
+    proc = subprocess.Popen([shutil.which("redis-server"), *args[1:], "--port", str(port), "--bind", "127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = urlparse(secret["url"])._replace(netloc=f":{secret['password']}@127.0.0.1:{port}").geturl()
+        client = redis_py.Redis.from_url(url)
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis_py.exceptions.ConnectionError:
+                time.sleep(0.05)
+        with pytest.raises(redis_py.exceptions.AuthenticationError):
+            redis_py.Redis(port=port).ping()
+        assert int(client.config_get("maxmemory")["maxmemory"]) == redis_bytes(opts["--maxmemory"])
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        probe_env = {**os.environ, "REDISCLI_AUTH": secret["password"]}
+        command = c["readinessProbe"]["exec"]["command"]
+        out = subprocess.run([command[0], "-p", str(port), *command[1:]], env=probe_env, capture_output=True,
+                             text=True, timeout=10)
+        assert out.stdout.strip() == "PONG", out.stdout + out.stderr
+        out = subprocess.run([command[0], "-p", str(port), *command[1:]], capture_output=True, text=True, timeout=10,
+                             env={k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"})
+        assert "NOAUTH" in out.stdout + out.stderr  # control: without the variable the probe fails
+        wrong = f"redis://:not-{secret['password']}@127.0.0.1:{port}/0"
+        with pytest.raises(Unavailable) as err:
+            probe(wrong)
+        assert secret["password"] not in str(err.value) and ":***@127.0.0.1" in str(err.value)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 # Redis sizing (deploy/README.md, "Sizing Redis"): what one queued request and one kept result weigh, how long
 # an edit takes, and the fixed part (job hashes, event streams, the Celery queue). Estimates per overlay.
 REDIS_SIZING = {  # tree: (MB per queued request, MB per result, seconds per edit per denoiser, fixed MB)
@@ -589,8 +644,9 @@ def test_denoisers_scale_on_one_signal_that_counts_waiting_and_running_edits(tre
     assert trigger["type"] == "redis-streams"
     meta = trigger["metadata"]
     assert meta["stream"] == Keys(namespace).edit_stream
-    # streamLength alone: KEDA reads XLEN (pendingEntriesCount would win over it, lagCount reads XINFO GROUPS)
-    assert meta["streamLength"] == "1" and not {"pendingEntriesCount", "lagCount"} & meta.keys()
+    # KEDA's redis-streams scaler reads XLEN only when no consumerGroup is given (with one it reads the group's
+    # pending entries or its lag)
+    assert meta["streamLength"] == "1" and not {"consumerGroup", "pendingEntriesCount", "lagCount"} & meta.keys()
     assert trigger.get("metricType", "AverageValue") == "AverageValue"  # per replica, and required by fallback
     assert "scalingModifiers" not in spec.get("advanced", {})
     assert spec["minReplicaCount"] >= 1  # XLEN cannot activate from zero; one warm denoiser
