@@ -1031,7 +1031,8 @@ def ingress_timeout_s() -> int:
 def test_gateway_drain_outlasts_its_longest_call(tree):
     """A blocking Edit can wait for the whole queue ahead of it (max-queue / denoisers x edit time) plus its own
     edit; the gateway's drain (--grace-s) must let it finish, and the pod's grace period must cover preStop +
-    that drain. WatchJob streams are cut at the end of the drain: the clients resume after the last event."""
+    that drain. WatchJob streams are cut at the end of the drain: clients resume after the last event they saw
+    (longcat.client; the server side of resuming: test_gateway_e2e.test_submit_watch_resume_and_get)."""
     _, _, edit_s, _ = REDIS_SIZING["overlays/gpu"]
     env = env_of(tree, "gateway")
     denoisers = one(tree, "ScaledObject", "denoiser")["spec"]["maxReplicaCount"]
@@ -1040,16 +1041,6 @@ def test_gateway_drain_outlasts_its_longest_call(tree):
     assert grace >= longest_edit_s and grace >= ingress_timeout_s(), f"{tree}: drain {grace}s < {longest_edit_s}s"
     pre = container(tree, "gateway")["lifecycle"]["preStop"]["exec"]["command"]
     assert pod_spec(tree, "gateway")["terminationGracePeriodSeconds"] > float(pre[1]) + grace
-
-
-def test_watch_clients_resume_after_the_last_event():
-    """What lets the drain cut WatchJob streams: the client library re-opens the watch after the last event seen."""
-    import inspect
-
-    from longcat.client import sync
-
-    source = inspect.getsource(sync)
-    assert "after_event_id=after" in source
 
 
 def test_node_local_weights_option():
