@@ -15,10 +15,18 @@ from pathlib import Path
 
 import redis
 
-from longcat.adapters.formats import DIFFUSERS_WEIGHTS, PEFT_WEIGHTS, read_lora
-from longcat.adapters.store import AdapterStore, validate_name
+from longcat.adapters.store import AdapterStore
+from longcat.api.keys import Keys
+from longcat.api.names import DIFFUSERS_WEIGHTS, PEFT_WEIGHTS, validate_name
 from longcat.errors import AdapterNotFound, InvalidArgument
-from longcat.jobs.keys import Keys
+
+
+def read_lora(path, field: str):
+    """The LoRA reader (safetensors + torch), imported only where a file must be read: publishing, or
+    describing an adapter placed in the folder by hand. Listing published adapters never loads torch."""
+    from longcat.adapters.formats import read_lora as read
+
+    return read(path, field=field)
 
 
 @dataclass

@@ -3,23 +3,10 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
+from longcat.api.names import DIFFUSERS_WEIGHTS, PEFT_WEIGHTS, validate_name
 from longcat.errors import AdapterNotFound, InvalidArgument
-from longcat.adapters.formats import DIFFUSERS_WEIGHTS, PEFT_WEIGHTS
-
-# One path component, no hidden files, no ``..``: a request-supplied name can never leave ``root``.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-def validate_name(name: object, field: str = "adapters.name") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
-        raise InvalidArgument(
-            f"adapter name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', starting with a letter "
-            "or digit, and no '..'", field)
-    return name
-
 
 class AdapterStore:
     """A folder of adapters, one sub-folder per name (what the trainer publishes into)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from longcat.client import requests as rq
 from longcat.errors import InvalidArgument
-from longcat.training import jsonc
+from longcat.api import jsonc
 
 PATH_FIELDS = ("instance_data_dir", "cache_dir_vae", "cache_dir", "output_dir")
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from longcat.conditioning import PromptEncoder, prepare_reference, to_pil
 from longcat.engine.denoise import DenoiseJob, DenoiseLoop, StepCallback
-from longcat.engine.request import EditRequest, Limits, ValidatedRequest, validate_request
+from longcat.api.edit import EditRequest, Limits, ValidatedRequest, validate_request
 from longcat.models.loading import ALL_COMPONENTS, Components, load_components
 
 

@@ -12,7 +12,7 @@ import redis
 
 from longcat.errors import ResourceExhausted
 from longcat.jobs import scripts
-from longcat.jobs.keys import EDIT_GROUP, Keys
+from longcat.api.keys import EDIT_GROUP, Keys
 from longcat.v1 import common_pb2, edit_pb2
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")

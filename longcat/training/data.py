@@ -22,7 +22,7 @@ from longcat.images import decode_image, image_content_hash
 from longcat.training.buckets import bucket_for, fit_to_bucket
 from longcat.training.cache import TensorCache, cache_key
 from longcat.training.embed import Embedder
-from longcat.training.validate import Pair
+from longcat.api.datasets import Pair
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import torch
 from longcat.adapters import AdapterManager, AdapterStore
 from longcat.conditioning import Geometry
 from longcat.engine.denoise import DenoiseJob, DenoiseLoop
-from longcat.engine.request import Limits
+from longcat.api.edit import Limits
 from longcat.logs import setup_logging
 from longcat.models.loading import DENOISER_COMPONENTS, load_components
 from longcat.rpc.config import EnvDefaults, add_model_args, add_server_args
@@ -105,7 +105,7 @@ def start_worker(args, backend: DenoiserBackend):
     import threading
 
     from longcat.jobs.connection import connect
-    from longcat.jobs.keys import Keys
+    from longcat.api.keys import Keys
     from longcat.jobs.store import JobStore
     from services.denoiser.worker import EditWorker
     from services.encoder.client import EncoderClient

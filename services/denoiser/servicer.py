@@ -13,7 +13,7 @@ import torch
 from longcat.adapters import AdapterManager
 from longcat.conditioning import Geometry, reference_pixels, to_pil
 from longcat.engine.denoise import DenoiseJob, DenoiseLoop, StepEvent
-from longcat.engine.request import (
+from longcat.api.edit import (
     AdapterRef,
     Limits,
     check_adapters,

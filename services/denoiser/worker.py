@@ -17,8 +17,8 @@ import time
 import uuid
 
 from longcat.engine.denoise import DenoiseJob, StepEvent
-from longcat.engine.request import validate_request
-from longcat.jobs.edit_request import request_from_proto
+from longcat.api.edit import validate_request
+from longcat.api.edit_proto import request_from_proto
 from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound, Unavailable
 from longcat.images import encode_png
 from longcat.jobs.connection import REDIS_ERRORS

@@ -8,7 +8,7 @@ import threading
 import torch
 
 from longcat.conditioning import PromptEncoder, reference_prompt_image
-from longcat.engine.request import Limits, check_prompt, resolve_geometry, resolve_image
+from longcat.api.edit import Limits, check_prompt, resolve_geometry, resolve_image
 from longcat.images import image_content_hash
 from longcat.rpc.codec import to_proto
 from longcat.errors import InvalidArgument, Unavailable

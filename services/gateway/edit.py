@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from longcat.conditioning import check_prompt_length
-from longcat.engine.request import Limits, validate_request
+from longcat.api.prompts import check_prompt_length
+from longcat.api.edit import Limits, validate_request
 from longcat.errors import Cancelled, DeadlineExceeded, LongCatError, NotFound
 from longcat.jobs.connection import redis_unavailable_as_error
-from longcat.jobs.edit_request import request_from_proto
+from longcat.api.edit_proto import request_from_proto
 from longcat.jobs.store import JobStore
 from longcat.rpc.errors import STATUS
 from longcat.rpc.handler import rpc_method

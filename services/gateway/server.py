@@ -8,11 +8,12 @@ import threading
 
 from grpc_health.v1 import health_pb2
 
-from longcat.adapters import AdapterStore
+from longcat.adapters.store import AdapterStore
 from longcat.adapters.registry import AdapterRegistry
-from longcat.engine.request import Limits
+from longcat.api.prompts import load_prompt_tokenizer
+from longcat.api.edit import Limits
 from longcat.jobs.connection import REDIS_ERRORS, connect
-from longcat.jobs.keys import Keys
+from longcat.api.keys import Keys
 from longcat.jobs.store import JobStore
 from longcat.logs import setup_logging
 from longcat.rpc.config import EnvDefaults, add_server_args
@@ -21,7 +22,7 @@ from longcat.rpc.server import GrpcServer
 from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc, training_pb2_grpc
 from services.gateway import adapters, edit, training
 from services.gateway.auth import ApiKeys
-from services.trainer.submission import Roots
+from longcat.api.training import Roots
 
 log = logging.getLogger("longcat.gateway")
 
@@ -81,15 +82,12 @@ def serve(args) -> None:
     keys = Keys(args.namespace)
     store = JobStore(client, keys, result_ttl_s=args.result_ttl_s)
     auth = ApiKeys.load(args.api_keys_file or None)
-    tokenizer = None
-    if args.model:
-        from longcat.models.loading import load_components
-
-        tokenizer = load_components(args.model, ("tokenizer",), device="cpu").tokenizer
+    # The model's tokenizer.json through `tokenizers` (no transformers, no torch): the same ids as the encoder.
+    tokenizer = load_prompt_tokenizer(args.model) if args.model else None
     limits = Limits(max_pixels=args.max_pixels, max_steps=args.max_steps)
     registry = AdapterRegistry(client, AdapterStore(os.path.expanduser(args.adapter_dir)), keys)
 
-    from services.trainer.celery_app import QUEUE, TASK, make_app
+    from longcat.jobs.celery_app import QUEUE, TASK, make_app
 
     celery = make_app(args.redis_url)
     roots = Roots.make(args.data_root, args.output_root, per_owner=auth.enabled)

@@ -9,7 +9,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from longcat.adapters.store import validate_name
+from longcat.api.names import validate_name
 from longcat.errors import InvalidArgument
 from longcat.jobs.connection import redis_unavailable_as_error
 from longcat.jobs.store import JobStore
@@ -18,7 +18,7 @@ from longcat.training import validate_datasets
 from longcat.v1 import edit_pb2, training_pb2, training_pb2_grpc
 from services.gateway.auth import ApiKeys
 from services.gateway.edit import JobAccess
-from services.trainer.submission import Roots, TrainingSubmission
+from longcat.api.training import Roots, TrainingSubmission
 
 SERVICE = "longcat.v1.TrainingService"
 KINDS = {edit_pb2.EDIT: "edit", edit_pb2.TRAINING: "training"}

@@ -23,7 +23,7 @@ from longcat.jobs.store import JobStore
 from longcat.logs import request_id
 from longcat.v1 import training_pb2
 from services.trainer.lease import Lease
-from services.trainer.submission import TrainingSubmission
+from longcat.api.training import TrainingSubmission
 
 log = logging.getLogger("longcat.trainer")
 
@@ -41,7 +41,7 @@ class TrainerContext:
 
     store: JobStore
     registry: AdapterRegistry
-    roots: "object"                       # services.trainer.submission.Roots
+    roots: "object"                       # longcat.api.training.Roots
     model: str = "tiny"
     device: str | None = None
     precision: str | None = None
@@ -70,7 +70,7 @@ class TrainerContext:
 def run_training_job(ctx: TrainerContext, job_id: str) -> str:
     """Returns what happened: the terminal state, 'busy' (another worker holds it) or 'retry'."""
     from longcat.training import Trainer
-    from longcat.training.errors import ConfigError, DatasetError
+    from longcat.api.training_errors import ConfigError, DatasetError
 
     view = ctx.store.get(job_id)
     if view is None or view.terminal:
