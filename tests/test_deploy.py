@@ -272,7 +272,7 @@ def test_encoder_service_is_headless_and_is_what_its_clients_dial(tree):
 def test_encoder_client_balances_round_robin(monkeypatch):
     import grpc
 
-    from services.encoder.client import EncoderClient
+    from longcat.rpc.encoder_client import EncoderClient
 
     seen = {}
     real = grpc.insecure_channel

@@ -9,9 +9,9 @@ import os
 import pytest
 
 from longcat.adapters import OFFICIAL_TARGET_MODULES
+from longcat.api.jsonc import strip_jsonc
 from longcat.errors import InvalidArgument
 from longcat.training import ConfigError, TrainingConfig, parse_config, parse_dataloader
-from longcat.api.jsonc import strip_jsonc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

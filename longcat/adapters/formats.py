@@ -25,10 +25,9 @@ from typing import Any
 
 import torch
 
-from longcat.errors import AdapterNotFound, InvalidArgument
-
 # File names and the official target modules are the contract layer's (clients and the gateway use them).
 from longcat.api.names import DIFFUSERS_WEIGHTS, OFFICIAL_TARGET_MODULES, PEFT_CONFIG, PEFT_WEIGHTS  # noqa: F401, E402
+from longcat.errors import AdapterNotFound, InvalidArgument
 
 PREFIX = "transformer."
 PEFT_PREFIX = "base_model.model."

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from longcat.errors import InvalidArgument, LongCatError
-from longcat.images import load_image_file
 from longcat.api.dataloader import DataloaderConfig, DatasetConfig
 from longcat.api.training_errors import DatasetError, Problem
+from longcat.errors import InvalidArgument, LongCatError
+from longcat.images import load_image_file
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from longcat.api.sizes import DEFAULT_AREA, Geometry, check_size, default_size
 from longcat.errors import InvalidArgument
 from longcat.images import DEFAULT_MAX_INPUT_PIXELS, decode_image, to_rgb
 
+
 @dataclass(frozen=True)
 class Limits:
     """Operator-configurable bounds on a request (flags / env on the services)."""

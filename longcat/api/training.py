@@ -13,13 +13,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from longcat.api.names import validate_name
 from longcat.api import jsonc
+from longcat.api.dataloader import DataloaderConfig, parse_dataloader
 from longcat.api.datasets import resolve_inside
-from longcat.api.dataloader import parse_dataloader
-from longcat.api.training_config import parse_config
-from longcat.api.training_config import TrainingConfig
-from longcat.api.dataloader import DataloaderConfig
+from longcat.api.names import validate_name
+from longcat.api.training_config import TrainingConfig, parse_config
 from longcat.v1 import training_pb2
 
 ANONYMOUS = "anonymous"

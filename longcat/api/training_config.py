@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
-from longcat.api.names import OFFICIAL_TARGET_MODULES
 from longcat.api import jsonc
+from longcat.api.names import OFFICIAL_TARGET_MODULES
 from longcat.api.training_errors import ConfigError, Problem
 
 log = logging.getLogger(__name__)

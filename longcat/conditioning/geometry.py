@@ -6,7 +6,6 @@ import it rather than copy it. The size rule lives in :mod:`longcat.api.sizes` (
 
 from __future__ import annotations
 
-
 import torch
 from diffusers.pipelines.longcat_image.pipeline_longcat_image_edit import prepare_pos_ids
 

@@ -8,12 +8,13 @@ import threading
 
 from grpc_health.v1 import health_pb2
 
-from longcat.adapters.store import AdapterStore
 from longcat.adapters.registry import AdapterRegistry
-from longcat.api.prompts import load_prompt_tokenizer
+from longcat.adapters.store import AdapterStore
 from longcat.api.edit import Limits
-from longcat.jobs.connection import REDIS_ERRORS, connect
 from longcat.api.keys import Keys
+from longcat.api.prompts import load_prompt_tokenizer
+from longcat.api.training import Roots
+from longcat.jobs.connection import REDIS_ERRORS, connect
 from longcat.jobs.store import JobStore
 from longcat.logs import setup_logging
 from longcat.rpc.config import EnvDefaults, add_server_args
@@ -22,7 +23,7 @@ from longcat.rpc.server import GrpcServer
 from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc, training_pb2_grpc
 from services.gateway import adapters, edit, training
 from services.gateway.auth import ApiKeys
-from longcat.api.training import Roots
+from services.gateway.core import GatewayConfig, GatewayCore
 
 log = logging.getLogger("longcat.gateway")
 
@@ -95,13 +96,14 @@ def serve(args) -> None:
     def dispatch(job_id: str) -> None:
         celery.send_task(TASK, args=[job_id], queue=QUEUE)
 
+    core = GatewayCore(store, GatewayConfig(limits, max_queue=args.max_queue,
+                                            max_upload_bytes=args.max_upload_mb * 1024 * 1024),
+                       roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer)
     server = GrpcServer([edit.SERVICE, training.SERVICE, adapters.SERVICE], args.host, args.port,
                         args.max_message_mb, args.threads)
-    edit_pb2_grpc.add_EditServiceServicer_to_server(
-        edit.EditServicer(store, auth, limits, args.max_queue, tokenizer), server.server)
-    training_pb2_grpc.add_TrainingServiceServicer_to_server(
-        training.TrainingServicer(store, auth, roots, dispatch, tokenizer, args.max_upload_mb), server.server)
-    adapters_pb2_grpc.add_AdapterServiceServicer_to_server(adapters.AdapterServicer(registry, auth), server.server)
+    edit_pb2_grpc.add_EditServiceServicer_to_server(edit.EditServicer(core, auth), server.server)
+    training_pb2_grpc.add_TrainingServiceServicer_to_server(training.TrainingServicer(core, auth), server.server)
+    adapters_pb2_grpc.add_AdapterServiceServicer_to_server(adapters.AdapterServicer(core, auth), server.server)
     stop = threading.Event()
     server.install_signal_handlers(args.grace_s, on_stop=stop.set)
     server.start()
