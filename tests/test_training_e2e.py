@@ -150,14 +150,14 @@ def test_a_validation_render_equals_the_served_edit_with_the_published_adapter(t
     last = validations[-1]
     assert last.step == cfg.max_train_steps and last.index == 0  # the final weights: what was published
     ref_path = sorted((stack.data / "ds" / "refs").glob("*.png"))[0]  # the first pair in name order
-    r = stack.client.edit(ref_path, last.prompt, negative_prompt=cfg.validation_negative_prompt, width=64, height=64,
+    r = stack.client.edit(ref_path, CAPTION, negative_prompt=cfg.validation_negative_prompt, width=64, height=64,
                           steps=cfg.validation_num_inference_steps, guidance=cfg.validation_guidance,
                           seed=cfg.validation_seed, adapters=["invert"])
     served = np.asarray(Image.open(io.BytesIO(r.image)).convert("RGB"))
     rendered = np.asarray(Image.open(io.BytesIO(last.image_png)).convert("RGB"))
     assert served.shape == rendered.shape == (64, 64, 3)
     assert np.array_equal(served, rendered), f"max difference {np.abs(served.astype(int) - rendered).max()}"
-    base = stack.client.edit(ref_path, last.prompt, negative_prompt=cfg.validation_negative_prompt, width=64,
+    base = stack.client.edit(ref_path, CAPTION, negative_prompt=cfg.validation_negative_prompt, width=64,
                              height=64, steps=cfg.validation_num_inference_steps, guidance=cfg.validation_guidance,
                              seed=cfg.validation_seed)
     assert not np.array_equal(np.asarray(Image.open(io.BytesIO(base.image)).convert("RGB")), rendered)  # not vacuous
