@@ -315,7 +315,7 @@ def test_probe_health_service_names_are_registered(service):
 
 # LONGCAT_* variables read by code rather than by a flag: (service or "*", name) -> the file that reads it.
 NON_FLAG_ENV = {
-    ("*", "LONGCAT_CACHE"): "longcat/models/loading.py",
+    ("*", "LONGCAT_CACHE"): "longcat/api/models.py",
     ("gateway", "LONGCAT_API_KEYS"): "services/gateway/auth.py",
 }
 

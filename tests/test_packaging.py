@@ -90,3 +90,26 @@ def test_plain_pip_install_gives_a_working_cli_and_client(stack, tmp_path):
     assert out.returncode == 0, out.stderr
     seed, size = out.stdout.split()
     assert seed == "7" and int(size) > 0
+
+    # The base install also runs the gateway: edits and adapters, tokenizer.json through `tokenizers`; no
+    # Celery there, so training jobs are refused up front (UNAVAILABLE), never queued.
+    from longcat.launch import free_port
+    from longcat.rpc.channel import make_channel, wait_until_serving
+
+    port = free_port()
+    gw = subprocess.Popen([str(py), "-m", "services.gateway", "--port", str(port), "--metrics-port", "0",
+                           *stack.stack_args, "--model", stack.model], cwd=tmp_path, env=env,
+                          stdout=subprocess.DEVNULL, stderr=open(tmp_path / "gateway.log", "wb"))
+    try:
+        wait_until_serving(make_channel(f"127.0.0.1:{port}"), timeout=120)
+        out = subprocess.run([str(py), "-c", client, f"127.0.0.1:{port}"], **run)
+        assert out.returncode == 0, out.stderr
+        refuse = ("import sys, grpc; from longcat.v1 import training_pb2 as t, training_pb2_grpc as g; "
+                  "stub = g.TrainingServiceStub(grpc.insecure_channel(sys.argv[1]))\n"
+                  "try: stub.SubmitTraining(t.SubmitTrainingRequest(config_json='{}'), timeout=30)\n"
+                  "except grpc.RpcError as e: print(e.code().name, e.details())")
+        out = subprocess.run([str(py), "-c", refuse, f"127.0.0.1:{port}"], **run)
+        assert out.stdout.startswith("UNAVAILABLE") and "[train]" in out.stdout, out.stdout + out.stderr
+    finally:
+        gw.terminate()
+        gw.wait(30)

@@ -26,7 +26,7 @@ from longcat.api.edit_proto import request_from_proto
 from longcat.api.names import validate_name
 from longcat.api.prompts import check_prompt_length
 from longcat.api.training import Roots, TrainingSubmission
-from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound
+from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound, Unavailable
 from longcat.jobs.connection import redis_unavailable_as_error
 from longcat.jobs.store import JobStore
 from longcat.rpc.errors import STATUS
@@ -152,6 +152,9 @@ class GatewayCore:
 
     def submit_training(self, caller: Caller, request: training_pb2.SubmitTrainingRequest) -> edit_pb2.Job:
         """Validate the whole job (nothing starts on bad input), queue it, hand it to the trainers."""
+        if self.dispatch is None:
+            raise Unavailable("this gateway accepts no training jobs: it runs without Celery (install "
+                              "longcat-edit-stack[train] on it)")
         submission = TrainingSubmission.from_request(request, self.roots, caller.owner)
         # Every dataset problem at once (names paired both ways, captions, decodable images, separate caches).
         validate_datasets(submission.dataloader, submission.config.use_reference_captions, tokenizer=self.tokenizer)

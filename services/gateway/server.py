@@ -74,6 +74,23 @@ def monitor_redis(client, server: GrpcServer, stop: threading.Event, period_s: f
         stop.wait(period_s)
 
 
+def training_dispatch(redis_url: str):
+    """job_id -> a Celery task for the trainers; None when Celery (the [train] extra) is not installed: the
+    gateway then serves edits and adapters, and refuses training jobs before queueing them."""
+    from longcat.jobs.celery_app import QUEUE, TASK, make_app
+
+    try:
+        celery = make_app(redis_url)
+    except ImportError:
+        log.warning("celery is not installed (pip install 'longcat-edit-stack[train]'): training jobs are refused")
+        return None
+
+    def dispatch(job_id: str) -> None:
+        celery.send_task(TASK, args=[job_id], queue=QUEUE)
+
+    return dispatch
+
+
 def serve(args) -> None:
     import os
 
@@ -88,13 +105,8 @@ def serve(args) -> None:
     limits = Limits(max_pixels=args.max_pixels, max_steps=args.max_steps)
     registry = AdapterRegistry(client, AdapterStore(os.path.expanduser(args.adapter_dir)), keys)
 
-    from longcat.jobs.celery_app import QUEUE, TASK, make_app
-
-    celery = make_app(args.redis_url)
     roots = Roots.make(args.data_root, args.output_root, per_owner=auth.enabled)
-
-    def dispatch(job_id: str) -> None:
-        celery.send_task(TASK, args=[job_id], queue=QUEUE)
+    dispatch = training_dispatch(args.redis_url)
 
     core = GatewayCore(store, GatewayConfig(limits, max_queue=args.max_queue,
                                             max_upload_bytes=args.max_upload_mb * 1024 * 1024),
