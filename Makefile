@@ -12,16 +12,16 @@ TORCH_PIP_ARGS ?=
 DEMO_OUT ?= demo-output
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo protos redis clean help
+.PHONY: venv test lint demo protos redis clean help
 
 help:
-	@echo "make demo | make test | make protos | make clean"
+	@echo "make demo | make test | make lint | make protos | make clean"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[all,protos,test]'
 	@touch $@
 
 venv: $(VENV)/.installed
@@ -39,7 +39,12 @@ redis:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
-test: protos redis
+# Lint (ruff: pyflakes + import order) and the layer contracts (import-linter, [tool.importlinter]) first.
+lint: venv
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/lint-imports --no-cache
+
+test: protos redis lint
 	@set -o pipefail; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 

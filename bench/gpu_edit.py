@@ -603,7 +603,7 @@ def section_memory(ctx: Context, report) -> None:
         (f"vae_tiling ({tile} px tiles)", dict(vae_tiling=True, vae_tile_size=tile), s),
         ("model_cpu_offload (text encoder, transformer)", dict(model_cpu_offload=True), s),
         ("group_offload (transformer blocks; text encoder offloaded)", dict(group_offload=True), s),
-        (f"group_offload + vae_tiling", dict(group_offload=True, vae_tiling=True, vae_tile_size=tile), s),
+        ("group_offload + vae_tiling", dict(group_offload=True, vae_tiling=True, vae_tile_size=tile), s),
         (f"request {smaller[0]}x{smaller[0]}", {}, smaller[0]),
         (f"request {smaller[1]}x{smaller[1]}", {}, smaller[1]),
         ("int8-quanto (transformer + text encoder)", dict(quantization="int8-quanto", quantize_text_encoder=True), s),

@@ -24,8 +24,8 @@ from longcat.engine import EditEngine, EditRequest  # noqa: E402
 from longcat.images import encode_png  # noqa: E402
 from longcat.launch import ROOT, ServiceProcess  # noqa: E402
 from longcat.models.loading import resolve_model  # noqa: E402
-from services.denoiser.client import DenoiserClient  # noqa: E402
-from services.encoder.client import EncoderClient  # noqa: E402
+from longcat.rpc.denoiser_client import DenoiserClient  # noqa: E402
+from longcat.rpc.encoder_client import EncoderClient  # noqa: E402
 
 
 def main() -> None:

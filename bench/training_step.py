@@ -51,15 +51,15 @@ def main() -> None:
     args = ap.parse_args()
 
     from longcat.adapters import OFFICIAL_TARGET_MODULES
+    from longcat.api.dataloader import parse_dataloader
+    from longcat.api.datasets import validate_datasets
     from longcat.conditioning import image_position_ids, text_position_ids
     from longcat.models.loading import load_components
     from longcat.training.data import DataPreparer, PairDataset
-    from longcat.training.dataloader import parse_dataloader
     from longcat.training.embed import InProcessEmbedder
-    from longcat.training.lora import add_training_lora
     from longcat.training.loop import StepSettings, TrainState, train_step
+    from longcat.training.lora import add_training_lora
     from longcat.training.sample_data import write_pairs
-    from longcat.training.validate import validate_datasets
 
     components = load_components(args.model, device="cpu", precision="fp32")
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))

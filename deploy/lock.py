@@ -3,7 +3,8 @@
     .venv/bin/python deploy/lock.py            # rewrite deploy/requirements.lock
     .venv/bin/python deploy/lock.py --check    # exit 1 when the file differs from what would be written
 
-The set is the transitive closure of the ``[project] dependencies`` in pyproject.toml (no extras, markers
+The set is the transitive closure of the ``[project] dependencies`` in pyproject.toml, with the [serve] and
+[train] extras and the build requirements (markers
 evaluated for this interpreter) over the installed distributions, minus torch itself: the image installs torch
 first from its own index (CPU or CUDA build, as the Makefile does); torch's portable dependencies (sympy,
 networkx, ...) are pinned here, its CUDA-only ones (nvidia-*, triton) are pinned exactly by the torch wheel.
@@ -33,8 +34,13 @@ def canonical(name: str) -> str:
 
 
 def project_requirements() -> list[str]:
+    """What the images need: the base install, the [serve] and [train] extras (each image runs any service),
+    and the build requirements (the image builds its wheel without isolation)."""
     with open(ROOT / "pyproject.toml", "rb") as f:
-        return tomllib.load(f)["project"]["dependencies"]
+        pyproject = tomllib.load(f)
+    extras = pyproject["project"]["optional-dependencies"]
+    build = [r for r in pyproject["build-system"]["requires"] if not r.startswith("setuptools")]
+    return pyproject["project"]["dependencies"] + extras["serve"] + extras["train"] + build
 
 
 def closure() -> dict[str, str]:

@@ -19,8 +19,8 @@ def proto_files() -> list[Path]:
 
 def generate(out_dir: Path = ROOT) -> list[Path]:
     """Run protoc over every .proto file; return the generated files."""
-    from grpc_tools import protoc
     import grpc_tools
+    from grpc_tools import protoc
 
     files = proto_files()
     if not files:

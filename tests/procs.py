@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from longcat.launch import ROOT, ServiceProcess as Service, free_port  # noqa: F401
+from longcat.launch import ROOT, free_port  # noqa: F401
+from longcat.launch import ServiceProcess as Service  # noqa: F401
 
 
 def metric_value(text: str, name: str, **labels) -> float:

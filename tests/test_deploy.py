@@ -4,7 +4,7 @@ Every kustomize tree is rendered with the real `kubectl kustomize` (the kubectl-
 extra), every object is validated against the Kubernetes OpenAPI schemas (kubernetes-validate, strict: an
 unknown field fails) and the KEDA objects against the CRD schemas vendored in tests/schemas/. Then the
 manifests are held to the code: ports (longcat.rpc.config), LONGCAT_* variables (each service's flag parser),
-health service names (the servicers' SERVICE), Redis keys (longcat.jobs.keys) and the entry point of the
+health service names (the servicers' SERVICE), Redis keys (longcat.api.keys) and the entry point of the
 images (the command longcat/launch.py runs).
 """
 
@@ -30,7 +30,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from longcat.jobs.keys import EDIT_GROUP, Keys
+from longcat.api.keys import EDIT_GROUP, Keys
 from longcat.rpc.config import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, env_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ NAMESPACE = "longcat"
 def training_queue() -> str:
     """The trainers' Celery queue: with Celery's Redis transport, a Redis LIST of this name."""
     try:
-        from services.trainer.celery_app import QUEUE
+        from longcat.jobs.celery_app import QUEUE
     except ImportError:  # the contract, until the trainer exists
         return "longcat.training"
     return QUEUE
@@ -292,7 +292,7 @@ def test_encoder_service_is_headless_and_is_what_its_clients_dial(tree):
 def test_encoder_client_balances_round_robin(monkeypatch):
     import grpc
 
-    from services.encoder.client import EncoderClient
+    from longcat.rpc.encoder_client import EncoderClient
 
     seen = {}
     real = grpc.insecure_channel
@@ -335,7 +335,7 @@ def test_probe_health_service_names_are_registered(service):
 
 # LONGCAT_* variables read by code rather than by a flag: (service or "*", name) -> the file that reads it.
 NON_FLAG_ENV = {
-    ("*", "LONGCAT_CACHE"): "longcat/models/loading.py",
+    ("*", "LONGCAT_CACHE"): "longcat/api/models.py",
     ("gateway", "LONGCAT_API_KEYS"): "services/gateway/auth.py",
 }
 

@@ -18,9 +18,24 @@ import grpc
 import pytest
 
 from longcat.v1 import adapters_pb2, edit_pb2
-from tests.gateway_stack import (LONG_SIDE, LONG_STEPS, STATE, TERMINAL, Stack, Watcher, busy_worker,
-                                 png_size, progress_steps, request, rpc_error, submit, terminal_events, wait_for,
-                                 wait_job, watch)
+from tests.gateway_stack import (
+    LONG_SIDE,
+    LONG_STEPS,
+    STATE,
+    TERMINAL,
+    Stack,
+    Watcher,
+    busy_worker,
+    png_size,
+    progress_steps,
+    request,
+    rpc_error,
+    submit,
+    terminal_events,
+    wait_for,
+    wait_job,
+    watch,
+)
 from tests.procs import ROOT
 
 pytestmark = pytest.mark.slow

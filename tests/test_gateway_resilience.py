@@ -16,8 +16,21 @@ import pytest
 
 from longcat.rpc.channel import make_channel
 from longcat.v1 import edit_pb2, edit_pb2_grpc
-from tests.gateway_stack import (STATE, TERMINAL, Stack, Watcher, png_size, progress_steps, request, rpc_error,
-                                 submit, terminal_events, wait_for, wait_job, watch)
+from tests.gateway_stack import (
+    STATE,
+    TERMINAL,
+    Stack,
+    Watcher,
+    png_size,
+    progress_steps,
+    request,
+    rpc_error,
+    submit,
+    terminal_events,
+    wait_for,
+    wait_job,
+    watch,
+)
 from tests.procs import metric_value
 from tests.redis_proc import RedisProcess
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import math
 import signal
-import threading
 import time
 
 import grpc
@@ -14,14 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from longcat.errors import AdapterNotFound, InvalidArgument
 from longcat.rpc.channel import health_status, make_channel
 from longcat.rpc.codec import to_proto
+from longcat.rpc.denoiser_client import DenoiserClient
+from longcat.rpc.encoder_client import EncoderClient
 from longcat.v1 import common_pb2, denoiser_pb2, denoiser_pb2_grpc, encoder_pb2, encoder_pb2_grpc
-from services.denoiser.client import DenoiserClient
-from services.encoder.client import EncoderClient
 from tests.procs import Service, metric_value
-
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import os
 import pytest
 
 from longcat.adapters import OFFICIAL_TARGET_MODULES
+from longcat.api.jsonc import strip_jsonc
 from longcat.errors import InvalidArgument
 from longcat.training import ConfigError, TrainingConfig, parse_config, parse_dataloader
-from longcat.training.jsonc import strip_jsonc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -107,7 +107,7 @@ def test_cross_field_rules():
 
 
 def test_unknown_keys_are_warnings_with_hints(caplog):
-    with caplog.at_level(logging.WARNING, logger="longcat.training.config"):
+    with caplog.at_level(logging.WARNING, logger="longcat.api.training_config"):
         c = parse_config({"learning_rte": 1e-4, "report_to": "wandb", "lora_rank": 8})
     assert c.lora_rank == 8 and c.learning_rate == 1e-4  # the misspelt key did not set anything
     assert len(c.warnings) == 2

@@ -209,7 +209,6 @@ def test_caches_hit_miss_change_and_rebuild(data, tiny_components):
 def test_reference_conditioning_is_the_serving_path(data, tiny_components):
     """The cached reference latents and embeddings equal what the edit engine computes for that image."""
     from longcat.conditioning import Geometry, PromptEncoder, encode_reference_latents, prepare_reference
-    from longcat.training.cache import TensorCache
 
     root, edits, refs = data
     pair = validate_datasets(dataloader(root, edits, refs)).pairs[0]

@@ -139,6 +139,30 @@ def test_the_published_adapter_is_served_at_once_and_moves_edits_toward_the_targ
     assert np.abs(tuned - target).mean() < np.abs(base - target).mean()
 
 
+def test_a_validation_render_equals_the_served_edit_with_the_published_adapter(trained, stack):
+    """One denoise stage: the trainer's last validation image (its in-process engine, the live LoRA, step 60)
+    and the edit the stack serves with the published adapter (gateway -> encoder -> denoiser), for the same
+    request and seed, are the same image, pixel for pixel."""
+    from longcat.api.training_config import parse_config
+
+    cfg = parse_config(_config())
+    validations = [ev.validation for ev in trained[1] if ev.WhichOneof("payload") == "validation"]
+    last = validations[-1]
+    assert last.step == cfg.max_train_steps and last.index == 0  # the final weights: what was published
+    ref_path = sorted((stack.data / "ds" / "refs").glob("*.png"))[0]  # the first pair in name order
+    r = stack.client.edit(ref_path, CAPTION, negative_prompt=cfg.validation_negative_prompt, width=64, height=64,
+                          steps=cfg.validation_num_inference_steps, guidance=cfg.validation_guidance,
+                          seed=cfg.validation_seed, adapters=["invert"])
+    served = np.asarray(Image.open(io.BytesIO(r.image)).convert("RGB"))
+    rendered = np.asarray(Image.open(io.BytesIO(last.image_png)).convert("RGB"))
+    assert served.shape == rendered.shape == (64, 64, 3)
+    assert np.array_equal(served, rendered), f"max difference {np.abs(served.astype(int) - rendered).max()}"
+    base = stack.client.edit(ref_path, CAPTION, negative_prompt=cfg.validation_negative_prompt, width=64,
+                             height=64, steps=cfg.validation_num_inference_steps, guidance=cfg.validation_guidance,
+                             seed=cfg.validation_seed)
+    assert not np.array_equal(np.asarray(Image.open(io.BytesIO(base.image)).convert("RGB")), rendered)  # not vacuous
+
+
 def test_cancel_stops_a_running_job(stack):
     job = stack.client.train(_config(max_train_steps=5000, validation_steps=0, checkpointing_steps=0,
                                      output_dir="runs/cancel"), _dataloader(), name="never", upload="never")

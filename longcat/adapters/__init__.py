@@ -1,25 +1,21 @@
-"""LoRA adapters for the LongCat transformer: file formats, the on-disk store, and the per-request manager."""
+"""LoRA adapters for the LongCat transformer: file formats, the on-disk store, and the per-request manager.
 
-from longcat.adapters.formats import (
-    OFFICIAL_TARGET_MODULES,
-    LoraFile,
-    read_lora,
-    resolve_lora_files,
-    save_lora,
-    save_peft_format,
-)
-from longcat.adapters.manager import AdapterManager, parse_refs
-from longcat.adapters.store import AdapterStore, validate_name
+Names resolve lazily (PEP 562): the registry and the store never load torch; the formats and manager do.
+"""
 
-__all__ = [
-    "OFFICIAL_TARGET_MODULES",
-    "AdapterManager",
-    "AdapterStore",
-    "LoraFile",
-    "parse_refs",
-    "read_lora",
-    "resolve_lora_files",
-    "save_lora",
-    "save_peft_format",
-    "validate_name",
-]
+import importlib
+
+_EXPORTS = {
+    "OFFICIAL_TARGET_MODULES": "longcat.api.names", "validate_name": "longcat.api.names",
+    "LoraFile": "longcat.adapters.formats", "read_lora": "longcat.adapters.formats",
+    "resolve_lora_files": "longcat.adapters.formats", "save_lora": "longcat.adapters.formats",
+    "save_peft_format": "longcat.adapters.formats", "AdapterManager": "longcat.adapters.manager",
+    "parse_refs": "longcat.adapters.manager", "AdapterStore": "longcat.adapters.store",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,27 +25,10 @@ from typing import Any
 
 import torch
 
+# File names and the official target modules are the contract layer's (clients and the gateway use them).
+from longcat.api.names import DIFFUSERS_WEIGHTS, OFFICIAL_TARGET_MODULES, PEFT_CONFIG, PEFT_WEIGHTS  # noqa: F401, E402
 from longcat.errors import AdapterNotFound, InvalidArgument
 
-# The modules the official LongCat-Image-Edit LoRA recipe trains (suffixes, PEFT ``target_modules`` style).
-OFFICIAL_TARGET_MODULES = [
-    "attn.to_q",
-    "attn.to_k",
-    "attn.to_v",
-    "attn.to_out.0",
-    "attn.add_q_proj",
-    "attn.add_k_proj",
-    "attn.add_v_proj",
-    "attn.to_add_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "ff_context.net.0.proj",
-    "ff_context.net.2",
-]
-
-DIFFUSERS_WEIGHTS = "pytorch_lora_weights.safetensors"
-PEFT_WEIGHTS = "adapter_model.safetensors"
-PEFT_CONFIG = "adapter_config.json"
 PREFIX = "transformer."
 PEFT_PREFIX = "base_model.model."
 DIFFUSERS_METADATA_KEY = "lora_adapter_metadata"  # diffusers' own LoraConfig-as-JSON header entry

@@ -7,18 +7,17 @@ metadata, so a denoiser that sees the name can always load the whole file.
 from __future__ import annotations
 
 import json
-import shutil
 import time
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import redis
 
-from longcat.adapters.formats import DIFFUSERS_WEIGHTS, PEFT_WEIGHTS, read_lora
-from longcat.adapters.store import AdapterStore, validate_name
+from longcat.adapters.header import describe
+from longcat.adapters.store import ADAPTER_FILES, AdapterStorage
+from longcat.api.keys import Keys
+from longcat.api.names import validate_name
 from longcat.errors import AdapterNotFound, InvalidArgument
-from longcat.jobs.keys import Keys
 
 
 @dataclass
@@ -34,7 +33,7 @@ class AdapterInfo:
 
 
 class AdapterRegistry:
-    def __init__(self, client: redis.Redis, store: AdapterStore, keys: Keys = Keys()):
+    def __init__(self, client: redis.Redis, store: AdapterStorage, keys: Keys = Keys()):
         self.r = client
         self.store = store
         self.key = keys.adapters
@@ -42,26 +41,14 @@ class AdapterRegistry:
     def publish(self, name: str, source: str | Path, owner: str = "", job_id: str = "") -> AdapterInfo:
         """Copy the LoRA folder or file ``source`` into the store as ``name`` and register it."""
         validate_name(name, "adapter_name")
-        lora = read_lora(source, field="adapter")
         src = Path(source)
-        files = [src] if src.is_file() else [p for p in src.iterdir() if p.name in
-                                             (DIFFUSERS_WEIGHTS, PEFT_WEIGHTS, "adapter_config.json")]
-        self.store.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.store.root / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.mkdir()
-        for f in files:
-            shutil.copy2(f, tmp / f.name)
-        final = self.store.root / name
-        if final.exists():  # republish: swap in the new folder, then drop the old one
-            old = self.store.root / f".{name}.{uuid.uuid4().hex[:8]}.old"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        if not src.exists():
+            raise AdapterNotFound(f"no LoRA file or folder at {str(src)!r}", "adapter")
+        files = [src] if src.is_file() else [p for p in src.iterdir() if p.name in ADAPTER_FILES]
+        stored = self.store.put(name, files)
+        lora = describe(self.store, name, "adapter")
         info = AdapterInfo(name=name, rank=lora.rank, alpha=float(lora.alpha), format=lora.format,
-                           size_bytes=sum(p.stat().st_size for p in final.iterdir()), created_at=time.time(),
-                           job_id=job_id, owner=owner)
+                           size_bytes=stored.size_bytes, created_at=time.time(), job_id=job_id, owner=owner)
         self.r.hset(self.key, name, json.dumps(asdict(info)))
         return info
 
@@ -71,11 +58,10 @@ class AdapterRegistry:
         if raw is not None and self.store.exists(name):
             return AdapterInfo(**json.loads(raw))
         if self.store.exists(name):  # placed in the folder by hand: describe it from the file
-            folder = self.store.path_for(name, field)
-            lora = read_lora(folder, field=field)
+            stored = self.store.get(name, field)
+            lora = describe(self.store, name, field)
             return AdapterInfo(name=name, rank=lora.rank, alpha=float(lora.alpha), format=lora.format,
-                               size_bytes=sum(p.stat().st_size for p in folder.iterdir() if p.is_file()),
-                               created_at=folder.stat().st_mtime)
+                               size_bytes=stored.size_bytes, created_at=stored.modified_at)
         raise AdapterNotFound(f"no adapter named {name!r}", field)
 
     def list(self) -> list[AdapterInfo]:
@@ -93,9 +79,5 @@ class AdapterRegistry:
         if owner is not None and info.owner and info.owner != owner:
             raise AdapterNotFound(f"no adapter named {name!r}", field)  # others' adapters are not yours to drop
         self.r.hdel(self.key, name)
-        folder = self.store.root / name
-        if folder.exists():
-            trash = self.store.root / f".{name}.{uuid.uuid4().hex[:8]}.deleted"
-            folder.rename(trash)
-            shutil.rmtree(trash, ignore_errors=True)
+        self.store.delete(name)
         return info

@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from longcat.api import jsonc
 from longcat.client import requests as rq
 from longcat.errors import InvalidArgument
-from longcat.training import jsonc
 
 PATH_FIELDS = ("instance_data_dir", "cache_dir_vae", "cache_dir", "output_dir")
 

@@ -1,66 +1,18 @@
 """Output size, latent packing and rotary position ids: pure tensor math shared by serving and training.
 
-The size rule, packing and position ids follow ``LongCatImageEditPipeline`` exactly; where diffusers has
-the function we import it rather than copy it.
+Packing and position ids follow ``LongCatImageEditPipeline`` exactly; where diffusers has the function we
+import it rather than copy it. The size rule lives in :mod:`longcat.api.sizes` (held equal to diffusers').
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from diffusers.pipelines.longcat_image.pipeline_longcat_image_edit import (
-    calculate_dimensions,
-    prepare_pos_ids,
-)
+from diffusers.pipelines.longcat_image.pipeline_longcat_image_edit import prepare_pos_ids
 
-from longcat.errors import InvalidArgument
+# The size rules are the contract layer's (torch-free, so the gateway resolves sizes without diffusers).
+from longcat.api.sizes import DEFAULT_AREA, MULTIPLE, Geometry, check_size, default_size  # noqa: F401
 
-MULTIPLE = 16  # VAE factor 8 x 2x2 packing
-DEFAULT_AREA = 1024 * 1024
 TEXT_MODALITY, NOISY_MODALITY, REFERENCE_MODALITY = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Pixel size of the output and the matching latent/token grid."""
-
-    width: int
-    height: int
-    vae_scale_factor: int = 8
-
-    @property
-    def latent_hw(self) -> tuple[int, int]:
-        return self.height // self.vae_scale_factor, self.width // self.vae_scale_factor
-
-    @property
-    def token_hw(self) -> tuple[int, int]:
-        h, w = self.latent_hw
-        return h // 2, w // 2
-
-    @property
-    def image_seq_len(self) -> int:
-        h, w = self.token_hw
-        return h * w
-
-
-def default_size(image_width: int, image_height: int, area: int = DEFAULT_AREA) -> tuple[int, int]:
-    """The pipeline's own default: ~1 MP keeping the reference's aspect, rounded up to multiples of 16."""
-    width, height = calculate_dimensions(area, image_width * 1.0 / image_height)
-    if area < DEFAULT_AREA and width * height > area:  # rounding up overshot a lowered limit: round down
-        width, height = width - MULTIPLE, height - MULTIPLE
-    return width, height
-
-
-def check_size(width: int, height: int, max_pixels: int, min_side: int = 64) -> None:
-    for name, v in (("width", width), ("height", height)):
-        if v % MULTIPLE:
-            raise InvalidArgument(f"must be a multiple of {MULTIPLE}, got {v}", name)
-        if v < min_side:
-            raise InvalidArgument(f"must be at least {min_side}, got {v}", name)
-    if width * height > max_pixels:
-        raise InvalidArgument(f"{width}x{height} = {width * height} pixels is over the limit of {max_pixels}",
-                              "width")
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:

@@ -12,14 +12,13 @@ import logging
 from dataclasses import dataclass
 
 import torch
-from diffusers.pipelines.longcat_image.pipeline_longcat_image_edit import split_quotation
 from PIL import Image
 
-from longcat.errors import PromptTooLong
+# The token rules are the contract layer's: the gateway counts tokens the same way without transformers.
+from longcat.api.prompts import MAX_PROMPT_TOKENS, check_prompt_length, prompt_token_ids  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-MAX_PROMPT_TOKENS = 512
 IMAGE_TOKEN = "<|image_pad|>"
 PROMPT_PREFIX = (
     "<|im_start|>system\nAs an image editing expert, first analyze the content and attributes of the input "
@@ -28,26 +27,6 @@ PROMPT_PREFIX = (
     "consistent with the original(s).<|im_end|>\n<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
 )
 PROMPT_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"
-
-
-def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
-    """The pipeline's tokenization: quoted spans are tokenized character by character (for text rendering)."""
-    ids: list[int] = []
-    for part, quoted in split_quotation(prompt):
-        pieces = list(part) if quoted else [part]
-        for piece in pieces:
-            ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
-    return ids
-
-
-def check_prompt_length(tokenizer, prompt: str, field: str = "prompt", truncate: bool = False) -> list[int]:
-    ids = prompt_token_ids(tokenizer, prompt)
-    if len(ids) > MAX_PROMPT_TOKENS:
-        if not truncate:
-            raise PromptTooLong(f"is {len(ids)} tokens; the model reads at most {MAX_PROMPT_TOKENS}", field)
-        log.warning("%s truncated from %d to %d tokens", field, len(ids), MAX_PROMPT_TOKENS)
-        ids = ids[:MAX_PROMPT_TOKENS]
-    return ids
 
 
 @dataclass

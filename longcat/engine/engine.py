@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from longcat.api.edit import EditRequest, Limits, ValidatedRequest, validate_request
 from longcat.conditioning import PromptEncoder, prepare_reference, to_pil
-from longcat.engine.denoise import DenoiseJob, DenoiseLoop, StepCallback
-from longcat.engine.request import EditRequest, Limits, ValidatedRequest, validate_request
+from longcat.engine.denoise import DenoiseLoop, StepCallback
+from longcat.engine.stage import StageRequest, run_denoise_stage
 from longcat.models.loading import ALL_COMPONENTS, Components, load_components
 
 
@@ -76,28 +77,14 @@ class EditEngine:
         ref = prepare_reference(req.image, req.geometry)
         embeds = self.encode(req, ref.prompt_image)
         t1 = time.perf_counter()
-        refs = [(a.name, a.scale) for a in req.adapters]
-        with self._adapters(refs):
-            reference_latents = self.loop.encode_reference(ref.pixels)
-            job = DenoiseJob(embeds.prompt, embeds.negative, reference_latents, req.geometry,
-                             req.num_inference_steps, req.guidance_scale, req.seed)
-            latents = self.loop.run(job, on_step=on_step, cancel=cancel, preview_every=preview_every)
-        t2 = time.perf_counter()
-        pixels = self.loop.decode(latents, req.geometry)
+        stage = run_denoise_stage(self.loop, self.adapters, StageRequest(
+            embeds.prompt, embeds.negative, req.geometry, req.num_inference_steps, req.guidance_scale, req.seed,
+            reference=ref.pixels, adapters=[(a.name, a.scale) for a in req.adapters]),
+            on_step=on_step, cancel=cancel, preview_every=preview_every)
+        pixels, t = stage.pixels, stage.timings
         t3 = time.perf_counter()
         return EditResult(
             image=to_pil(pixels)[0], pixels=pixels, width=req.geometry.width, height=req.geometry.height,
-            seed=req.seed, timings={"encode_s": t1 - t0, "denoise_s": t2 - t1, "decode_s": t3 - t2,
-                                    "total_s": t3 - t0},
+            seed=req.seed, timings={"encode_s": t1 - t0, "denoise_s": t["reference_s"] + t["denoise_s"],
+                                    "decode_s": t["decode_s"], "total_s": t3 - t0},
         )
-
-    def _adapters(self, refs):
-        if self.adapters is None:
-            if refs:
-                from longcat.errors import AdapterNotFound
-
-                raise AdapterNotFound("this engine has no adapter store", "adapters[0].name")
-            import contextlib
-
-            return contextlib.nullcontext()
-        return self.adapters.activate(refs)

@@ -4,6 +4,6 @@ The gateway writes jobs and reads events; denoiser workers claim, run and finish
 is a Lua script, so it is atomic with its event and guarded by a fencing token (one result per job).
 """
 
-from longcat.jobs.store import JobStore, JobView, TERMINAL_STATES
+from longcat.jobs.store import TERMINAL_STATES, JobStore, JobView
 
 __all__ = ["JobStore", "JobView", "TERMINAL_STATES"]

@@ -113,3 +113,27 @@ for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', unpack(fields))
 return 1
 """
+
+# KEYS: job; ARGV: token, field, value, ... -> 1 if still this worker's job (fields set)
+UPDATE = """
+if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return 0 end
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+return 1
+"""
+
+# KEYS: job, events; ARGV: token, field, value, ... (the event) -> 1 if paused. A RUNNING job hands itself
+# back (its worker shuts down at a checkpoint): the attempt is given back and counted as a pause, with its
+# event, in one step.
+PAUSE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'RUNNING' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then
+  return 0
+end
+redis.call('HINCRBY', KEYS[1], 'attempts', -1)
+redis.call('HINCRBY', KEYS[1], 'pauses', 1)
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', unpack(fields))
+return 1
+"""

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import redis
 
+from longcat.api.keys import EDIT_GROUP, Keys
 from longcat.errors import ResourceExhausted
 from longcat.jobs import scripts
-from longcat.jobs.keys import EDIT_GROUP, Keys
 from longcat.v1 import common_pb2, edit_pb2
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -110,6 +110,8 @@ class JobStore:
         self._finish = client.register_script(scripts.FINISH)
         self._cancel = client.register_script(scripts.CANCEL)
         self._progress = client.register_script(scripts.PROGRESS)
+        self._update = client.register_script(scripts.UPDATE)
+        self._pause = client.register_script(scripts.PAUSE)
 
     # --- gateway side -------------------------------------------------------------------------------------
 
@@ -205,12 +207,45 @@ class JobStore:
         return as_str(self.r.xadd(self.k.events(job_id), {"time": time.time(), **event}, maxlen=10000,
                               approximate=True))
 
-    def update(self, job_id: str, **fields) -> None:
-        self.r.hset(self.k.job(job_id), mapping={k: json.dumps(v) if isinstance(v, dict) else v
-                                                 for k, v in fields.items()})
+    def update(self, job_id: str, token: str, **fields) -> bool:
+        """Set fields of the job if it is still this worker's (fenced like every other state change)."""
+        argv = [token]
+        for k, v in fields.items():
+            argv += [k, json.dumps(v) if isinstance(v, dict) else v]
+        return bool(self._update(keys=[self.k.job(job_id)], args=argv))
 
-    def record_error(self, job_id: str, code: str, message: str) -> None:
-        self.r.hset(self.k.job(job_id), mapping={"last_error_code": code, "last_error": message[:2000]})
+    def record_error(self, job_id: str, token: str, code: str, message: str) -> bool:
+        return self.update(job_id, token, last_error_code=code, last_error=message[:2000])
+
+    def pause(self, job_id: str, token: str, message: str) -> bool:
+        """This worker hands a RUNNING job back (shutdown at a checkpoint): not a failed attempt."""
+        argv = [token]
+        for k, v in {"time": time.time(), "kind": "message", "state": "RUNNING", "message": message}.items():
+            argv += [k, v]
+        return bool(self._pause(keys=[self.k.job(job_id), self.k.events(job_id)], args=argv))
+
+    # --- training jobs held by workers (the reaper's view) ---------------------------------------------
+
+    def lease(self, job_id: str, token: str, ttl_s: float):
+        from longcat.jobs.lease import Lease
+
+        return Lease(self.r, self.k.train_lease(job_id), token, ttl_s)
+
+    def lease_held(self, job_id: str) -> bool:
+        return bool(self.r.exists(self.k.train_lease(job_id)))
+
+    def mark_active(self, job_id: str) -> None:
+        self.r.sadd(self.k.train_active, job_id)
+
+    def unmark_active(self, job_id: str) -> None:
+        self.r.srem(self.k.train_active, job_id)
+
+    def active_training_jobs(self) -> list[str]:
+        return [as_str(raw) for raw in self.r.smembers(self.k.train_active)]
+
+    def try_lock(self, name: str, ttl_ms: int) -> bool:
+        """A best-effort lock (one reaper pass, one redispatch per attempt), expiring by itself."""
+        return bool(self.r.set(self.k.lock(name), "1", nx=True, px=ttl_ms))
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.r.hget(self.k.job(job_id), "cancel_requested") == b"1"

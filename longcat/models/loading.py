@@ -15,13 +15,13 @@ from typing import Any, Iterable
 
 import torch
 
+from longcat.api.models import TINY, cache_dir, tiny_dir, tiny_seed  # noqa: F401 (cache_dir: re-exported)
 from longcat.errors import InvalidArgument, NotFound
 from longcat.models.precision import Precision, quantize_module, resolve_precision
 
 log = logging.getLogger(__name__)
 
 HUB_MODEL_ID = "meituan-longcat/LongCat-Image-Edit"
-TINY = "tiny"
 ALL_COMPONENTS = ("scheduler", "vae", "text_encoder", "tokenizer", "text_processor", "transformer")
 ENCODER_COMPONENTS = ("text_encoder", "tokenizer", "text_processor")
 DENOISER_COMPONENTS = ("scheduler", "vae", "transformer")
@@ -29,16 +29,11 @@ DENOISER_COMPONENTS = ("scheduler", "vae", "transformer")
 QUANTIZED_COMPONENTS = ("transformer", "text_encoder")
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("LONGCAT_CACHE", Path.home() / ".cache" / "longcat"))
-
-
 def resolve_model(model: str | os.PathLike | None) -> str:
     """``tiny`` -> the built-in tiny model (built once into the cache); a folder -> its path; else a hub id."""
     model = str(model or os.environ.get("LONGCAT_MODEL") or TINY)
     if model == TINY or model.startswith(TINY + ":"):
-        seed = int(model.split(":", 1)[1]) if ":" in model else 0
-        path = cache_dir() / f"tiny-seed{seed}"
+        seed, path = tiny_seed(model), tiny_dir(model)
         if not (path / "model_index.json").exists():
             from longcat.models.tiny import build_tiny_model
 

@@ -17,14 +17,27 @@ def env_name(flag: str) -> str:
 
 
 class EnvDefaults(argparse.ArgumentParser):
-    """An ArgumentParser whose options default to their LONGCAT_* environment variable."""
+    """An ArgumentParser whose options default to their LONGCAT_* environment variable.
+
+    A variable that does not parse is reported like a bad flag: one line naming the variable and its flag,
+    exit status 2 (at parse time, so ``--help`` still works)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.env_errors: list[str] = []
 
     def add_argument(self, *names, **kwargs):
         long = next((n for n in names if n.startswith("--")), None)
         if long and "default" in kwargs and kwargs.get("action") not in ("store_true", "store_false"):
             env = os.environ.get(env_name(long))
             if env is not None:
-                kwargs["default"] = kwargs.get("type", str)(env)
+                convert = kwargs.get("type", str)
+                try:
+                    kwargs["default"] = convert(env)
+                except (TypeError, ValueError) as exc:
+                    kind = getattr(convert, "__name__", "value")
+                    self.env_errors.append(f"{env_name(long)}={env!r} is not a valid {kind} (the variable "
+                                           f"sets {long}): {exc}")
             kwargs["help"] = (kwargs.get("help") or "") + f" [env {env_name(long)}]"
         elif long and kwargs.get("action") == "store_true":
             env = os.environ.get(env_name(long))
@@ -32,6 +45,12 @@ class EnvDefaults(argparse.ArgumentParser):
                 kwargs["default"] = env.lower() in ("1", "true", "yes", "on")
             kwargs["help"] = (kwargs.get("help") or "") + f" [env {env_name(long)}]"
         return super().add_argument(*names, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed = super().parse_known_args(args, namespace)
+        if self.env_errors:
+            self.error("; ".join(self.env_errors))
+        return parsed
 
 
 def add_server_args(p: argparse.ArgumentParser, service: str, threads: int = 8) -> None:

@@ -17,8 +17,14 @@ from pathlib import Path
 from longcat.errors import LongCatError
 from longcat.stack import redis_local
 from longcat.stack.plan import TIER_REDIS, StackOptions, StackPlan, check_ports, make_plan
-from longcat.stack.supervisor import (Child, RestartPolicy, Supervisor, child_command_prefix, child_popen_kwargs,
-                                     grpc_health_check)
+from longcat.stack.supervisor import (
+    Child,
+    RestartPolicy,
+    Supervisor,
+    child_command_prefix,
+    child_popen_kwargs,
+    grpc_health_check,
+)
 
 
 class StackLocked(LongCatError):

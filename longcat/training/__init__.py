@@ -1,23 +1,31 @@
 """LoRA training of LongCat-Image-Edit on paired edit/reference datasets (the quickstart's workflow).
 
-One module per job: ``config`` (config.json), ``dataloader`` (dataloader JSON), ``validate`` (dataset checks,
-path policy), ``buckets`` / ``data`` / ``cache`` / ``embed`` (the data pipeline), ``lora`` / ``loop`` (the
-adapter and the step), ``checkpoint``, ``validation`` (rendering through the edit engine), ``output``
-(adapter file, summary, publishing), ``trainer`` (the run, in order).
+The job's description (config.json, dataloader JSON, dataset checks, path policy) is the contract layer's
+(:mod:`longcat.api`); here: ``buckets`` / ``data`` / ``cache`` / ``embed`` (the data pipeline), ``lora`` /
+``loop`` (the adapter and the step), ``checkpoint``, ``validation`` (rendering through the edit engine),
+``output`` (adapter file, summary, publishing), ``trainer`` (the run, in order).
+
+Names resolve lazily (PEP 562): importing one module here does not load the whole model stack.
 """
 
-from longcat.training.config import TrainingConfig, parse_config
-from longcat.training.dataloader import DataloaderConfig, DatasetConfig, parse_dataloader
-from longcat.training.embed import Embedder, InProcessEmbedder
-from longcat.training.errors import ConfigError, DatasetError, Problem, TrainingFailed
-from longcat.training.output import publish
-from longcat.training.trainer import Trainer, TrainResult, train
-from longcat.training.validate import DatasetReport, Pair, resolve_inside, validate_datasets
-from longcat.training.validation import ValidationRun, run_validation
+import importlib
 
-__all__ = [
-    "TrainingConfig", "parse_config", "DataloaderConfig", "DatasetConfig", "parse_dataloader", "Embedder",
-    "InProcessEmbedder", "ConfigError", "DatasetError", "Problem", "TrainingFailed", "publish", "Trainer",
-    "TrainResult", "train", "DatasetReport", "Pair", "resolve_inside", "validate_datasets", "ValidationRun",
-    "run_validation",
-]
+_EXPORTS = {
+    "TrainingConfig": "longcat.api.training_config", "parse_config": "longcat.api.training_config",
+    "DataloaderConfig": "longcat.api.dataloader", "DatasetConfig": "longcat.api.dataloader",
+    "parse_dataloader": "longcat.api.dataloader", "Embedder": "longcat.training.embed",
+    "InProcessEmbedder": "longcat.training.embed", "ConfigError": "longcat.api.training_errors",
+    "DatasetError": "longcat.api.training_errors", "Problem": "longcat.api.training_errors",
+    "TrainingFailed": "longcat.api.training_errors", "publish": "longcat.training.output",
+    "Trainer": "longcat.training.trainer", "TrainResult": "longcat.training.trainer",
+    "train": "longcat.training.trainer", "DatasetReport": "longcat.api.datasets", "Pair": "longcat.api.datasets",
+    "resolve_inside": "longcat.api.datasets", "validate_datasets": "longcat.api.datasets",
+    "ValidationRun": "longcat.training.validation", "run_validation": "longcat.training.validation",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

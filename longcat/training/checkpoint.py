@@ -23,8 +23,8 @@ import torch
 from longcat.adapters import save_lora
 from longcat.adapters.formats import DIFFUSERS_WEIGHTS
 from longcat.errors import InvalidArgument, NotFound
-from longcat.training.lora import ADAPTER_NAME, load_lora_weights
 from longcat.training.loop import TrainState
+from longcat.training.lora import ADAPTER_NAME, load_lora_weights
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,13 @@ from typing import Callable
 
 import torch
 
+from longcat.api.datasets import Pair
 from longcat.conditioning import Geometry, pack_latents, prepare_reference, vae_encode
 from longcat.errors import Cancelled
 from longcat.images import decode_image, image_content_hash
 from longcat.training.buckets import bucket_for, fit_to_bucket
 from longcat.training.cache import TensorCache, cache_key
 from longcat.training.embed import Embedder
-from longcat.training.validate import Pair
 
 log = logging.getLogger(__name__)
 

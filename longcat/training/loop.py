@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from longcat.api.training_errors import TrainingFailed
 from longcat.conditioning import image_position_ids, predict_velocity, sample_training_sigmas, text_position_ids
 from longcat.training.data import Batch
-from longcat.training.errors import TrainingFailed
 
 
 @dataclass

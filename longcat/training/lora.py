@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from longcat.adapters.formats import PREFIX
-from longcat.training.errors import ConfigError, Problem
+from longcat.api.training_errors import ConfigError, Problem
 
 ADAPTER_NAME = "lc_training"  # PEFT adapter name; no dots (PEFT keys layers by it)
 

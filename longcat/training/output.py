@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,32 +37,15 @@ def write_summary(output_dir: str | os.PathLike, summary: dict[str, Any]) -> Pat
 def publish(output_dir: str | os.PathLike, store: AdapterStore, name: str, overwrite: bool = False) -> Path:
     """Copy a run's adapter (and summary) into ``store`` as ``name``; returns the adapter's folder.
 
-    Readers never see a partial adapter: a new name appears by renaming a finished hidden folder, and an
-    existing one (``overwrite=True``) gets each file replaced atomically, which the denoisers' adapter
-    manager picks up on its next use of the name.
+    Readers never see a partial adapter (the storage swaps whole adapters); an existing one
+    (``overwrite=True``) is replaced, which the denoisers' adapter manager picks up on its next use of the name.
     """
     validate_name(name, "name")
     weights = adapter_file(output_dir)
     if weights is None:
         raise NotFound(f"{str(output_dir)!r} holds no {DIFFUSERS_WEIGHTS}; has training finished?", "output_dir")
     files = [weights] + [p for p in [Path(output_dir) / SUMMARY_FILE] if p.is_file()]
-    store.root.mkdir(parents=True, exist_ok=True)
-    dest = store.root / name
-    if dest.exists() and not overwrite and store.exists(name):
+    if not overwrite and store.exists(name):
         raise InvalidArgument(f"an adapter named {name!r} already exists", "name")
-    if not dest.exists():
-        tmp = store.root / f".{name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for f in files:
-            shutil.copyfile(f, tmp / f.name)
-        try:
-            os.rename(tmp, dest)
-            return dest
-        except OSError:  # someone created it meanwhile: fall through to replacing file by file
-            shutil.rmtree(tmp, ignore_errors=True)
-    for f in files:
-        part = dest / f".{f.name}.tmp{os.getpid()}"
-        shutil.copyfile(f, part)
-        os.replace(part, dest / f.name)
-    return dest
+    store.put(name, files)  # the storage interface: readers see the old adapter or the new one, never a mix
+    return store.path_for(name, "name")

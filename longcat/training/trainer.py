@@ -15,16 +15,16 @@ from typing import Any, Callable
 
 import torch
 
+from longcat.api.dataloader import DataloaderConfig, parse_dataloader
+from longcat.api.datasets import validate_datasets
+from longcat.api.training_config import TrainingConfig, parse_config
 from longcat.training import checkpoint as ckpt
-from longcat.training.config import TrainingConfig, parse_config
 from longcat.training.data import BucketBatchSampler, DataPreparer, PairDataset
-from longcat.training.dataloader import DataloaderConfig, parse_dataloader
 from longcat.training.embed import Embedder, make_embedder
-from longcat.training.events import EventSink, Events
-from longcat.training.lora import add_training_lora, remove_training_lora
+from longcat.training.events import Events, EventSink
 from longcat.training.loop import StepSettings, TrainState, make_lr_scheduler, make_optimizer, train_step
+from longcat.training.lora import add_training_lora, remove_training_lora
 from longcat.training.output import write_adapter, write_summary
-from longcat.training.validate import validate_datasets
 from longcat.training.validation import VALIDATION_DIR, Validator, validation_items, validation_pairs
 
 log = logging.getLogger(__name__)

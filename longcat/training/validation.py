@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from longcat.api.datasets import Pair
 from longcat.images import encode_png, load_image_file
 from longcat.training.buckets import bucket_for, fit_to_bucket
-from longcat.training.validate import Pair
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +120,12 @@ def run_validation(config, dataloader, model: str | None = None, device: str | N
     """``longcat validate``: check the datasets, then render validation edits with the base model (and the
     adapter published in ``output_dir`` if there is one). ``config``/``dataloader`` are paths or parsed."""
     from longcat.adapters import AdapterManager
+    from longcat.api.dataloader import DataloaderConfig, parse_dataloader
+    from longcat.api.datasets import validate_datasets
+    from longcat.api.training_config import TrainingConfig, parse_config
     from longcat.engine import AdapterRef
     from longcat.models.loading import ALL_COMPONENTS, load_components
-    from longcat.training.config import TrainingConfig, parse_config
-    from longcat.training.dataloader import DataloaderConfig, parse_dataloader
     from longcat.training.output import adapter_file
-    from longcat.training.validate import validate_datasets
 
     config = config if isinstance(config, TrainingConfig) else parse_config(config)
     dataloader = dataloader if isinstance(dataloader, DataloaderConfig) else parse_dataloader(dataloader)

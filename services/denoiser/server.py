@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 
 from longcat.adapters import AdapterManager, AdapterStore
+from longcat.api.edit import Limits
 from longcat.conditioning import Geometry
 from longcat.engine.denoise import DenoiseJob, DenoiseLoop
-from longcat.engine.request import Limits
 from longcat.logs import setup_logging
 from longcat.models.loading import DENOISER_COMPONENTS, load_components
 from longcat.rpc.config import EnvDefaults, add_model_args, add_server_args
@@ -104,12 +104,12 @@ def serve(args) -> None:
 def start_worker(args, backend: DenoiserBackend):
     import threading
 
+    from longcat.api.keys import Keys
     from longcat.jobs.connection import connect
-    from longcat.jobs.keys import Keys
     from longcat.jobs.store import JobStore
     from longcat.redact import redact_url
+    from longcat.rpc.encoder_client import EncoderClient
     from services.denoiser.worker import EditWorker
-    from services.encoder.client import EncoderClient
 
     store = JobStore(connect(args.redis_url), Keys(args.namespace), result_ttl_s=args.result_ttl_s)
     worker = EditWorker(store, backend, EncoderClient(args.encoder), heartbeat_timeout_s=args.heartbeat_timeout_s,

@@ -11,9 +11,7 @@ from pathlib import Path
 import torch
 
 from longcat.adapters import AdapterManager
-from longcat.conditioning import Geometry, reference_pixels, to_pil
-from longcat.engine.denoise import DenoiseJob, DenoiseLoop, StepEvent
-from longcat.engine.request import (
+from longcat.api.edit import (
     AdapterRef,
     Limits,
     check_adapters,
@@ -23,12 +21,14 @@ from longcat.engine.request import (
     resolve_image,
     resolve_seed,
 )
+from longcat.conditioning import Geometry, reference_pixels, to_pil
 from longcat.conditioning.geometry import check_size
-from longcat.errors import InvalidArgument
+from longcat.engine.denoise import DenoiseLoop, StepEvent
+from longcat.engine.stage import StageRequest, run_denoise_stage
+from longcat.errors import InvalidArgument, Unavailable
 from longcat.images import encode_png
 from longcat.rpc import metrics
 from longcat.rpc.codec import from_proto, to_proto
-from longcat.errors import Unavailable
 from longcat.rpc.handler import rpc_method
 from longcat.v1 import common_pb2, denoiser_pb2, denoiser_pb2_grpc
 
@@ -135,22 +135,22 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         def work():
             try:
                 t0 = time.perf_counter()
-                with backend.adapters.activate([(r.name, r.scale) for r in refs]):
-                    reference = latents_in if latents_in is not None else \
-                        backend.loop.encode_reference(reference_pixels(image, geometry))
-                    t1 = time.perf_counter()
-                    job = DenoiseJob(prompt, negative, reference, geometry, steps, guidance, seed)
-                    latents = backend.loop.run(job, on_step=lambda ev: events.put(("progress", ev)), cancel=cancel,
-                                               preview_every=max(0, request.preview_every))
-                t2 = time.perf_counter()
+                stage = run_denoise_stage(backend.loop, backend.adapters, StageRequest(
+                    prompt, negative, geometry, steps, guidance, seed, image=image, reference_latents=latents_in,
+                    adapters=[(r.name, r.scale) for r in refs]),
+                    on_step=lambda ev: events.put(("progress", ev)), cancel=cancel,
+                    preview_every=max(0, request.preview_every), decode=not request.return_latents)
+                latents, t = stage.latents, stage.timings
+                t1 = t0 + t["reference_s"]
+                t2 = t1 + t["denoise_s"]
                 metrics.STEPS.inc(steps)
                 metrics.STEPS_PER_SECOND.set(steps / max(t2 - t1, 1e-9))
                 result = denoiser_pb2.DenoiseResult(width=geometry.width, height=geometry.height, seed=seed)
                 if request.return_latents:
                     result.latents.CopyFrom(to_proto(latents))
                 else:
-                    result.image = png_of(backend.loop.decode(latents, geometry))
-                t3 = time.perf_counter()
+                    result.image = png_of(stage.pixels)
+                t3 = t2 + t["decode_s"]
                 result.timings.CopyFrom(common_pb2.Timings(encode_s=t1 - t0, denoise_s=t2 - t1, decode_s=t3 - t2,
                                                            total_s=t3 - t0))
                 events.put(("result", result))

@@ -16,15 +16,16 @@ import threading
 import time
 import uuid
 
-from longcat.engine.denoise import DenoiseJob, StepEvent
-from longcat.engine.request import validate_request
-from longcat.jobs.edit_request import request_from_proto
+from longcat.api.edit import validate_request
+from longcat.api.edit_proto import request_from_proto
+from longcat.conditioning import to_pil
+from longcat.engine.denoise import StepEvent
+from longcat.engine.stage import StageRequest, run_denoise_stage
 from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound, Unavailable
 from longcat.images import encode_png
 from longcat.jobs.connection import REDIS_ERRORS
 from longcat.jobs.store import JobStore
 from longcat.logs import request_id
-from longcat.conditioning import reference_pixels, to_pil
 from longcat.rpc import metrics
 from longcat.v1 import edit_pb2
 from services.denoiser.servicer import DenoiserBackend
@@ -122,7 +123,8 @@ class EditWorker:
             log.warning("job attempt failed; it will be retried", exc_info=not isinstance(exc, LongCatError),
                         extra={"job_id": job_id, "attempt": attempts, "error": str(exc)})
             # What the client reads: the kind of failure, not internal addresses (those are in the log).
-            self.store.record_error(job_id, code, PUBLIC_REASONS.get(code, f"internal error ({type(exc).__name__})"))
+            reason = PUBLIC_REASONS.get(code, f"internal error ({type(exc).__name__})")
+            self.store.record_error(job_id, token, code, reason)
         finally:
             beat.set()
             heart.join()
@@ -178,15 +180,12 @@ class EditWorker:
             if deadline and time.time() > deadline:
                 raise DeadlineExceeded("its deadline passed while it was running")
 
-        loop = self.backend.loop
-        with self.backend.adapters.activate([(a.name, a.scale) for a in req.adapters]):
-            reference = loop.encode_reference(reference_pixels(req.image, req.geometry))
-            job = DenoiseJob(enc.prompt_embeds.to(loop.dtype), None if enc.negative_embeds is None else
-                             enc.negative_embeds.to(loop.dtype), reference, req.geometry,
-                             req.num_inference_steps, req.guidance_scale, req.seed)
-            latents = loop.run(job, on_step=on_step, cancel=cancel, preview_every=max(0, msg.preview_every))
-        t_denoised = time.time()
-        png = encode_png(to_pil(loop.decode(latents, req.geometry))[0])
+        stage = run_denoise_stage(self.backend.loop, self.backend.adapters, StageRequest(
+            enc.prompt_embeds, enc.negative_embeds, req.geometry, req.num_inference_steps, req.guidance_scale,
+            req.seed, image=req.image, adapters=[(a.name, a.scale) for a in req.adapters]),
+            on_step=on_step, cancel=cancel, preview_every=max(0, msg.preview_every))
+        t_denoised = time.time() - stage.timings["decode_s"]
+        png = encode_png(to_pil(stage.pixels)[0])
         t_done = time.time()
         metrics.STEPS.inc(req.num_inference_steps)
         metrics.STEPS_PER_SECOND.set(req.num_inference_steps / max(t_denoised - t_encoded, 1e-9))

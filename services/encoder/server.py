@@ -6,8 +6,8 @@ import logging
 
 from PIL import Image
 
+from longcat.api.edit import Limits
 from longcat.conditioning import PromptEncoder
-from longcat.engine.request import Limits
 from longcat.logs import setup_logging
 from longcat.models.loading import ENCODER_COMPONENTS, load_components
 from longcat.rpc.config import EnvDefaults, add_model_args, add_server_args

@@ -7,11 +7,11 @@ import threading
 
 import torch
 
+from longcat.api.edit import Limits, check_prompt, resolve_geometry, resolve_image
 from longcat.conditioning import PromptEncoder, reference_prompt_image
-from longcat.engine.request import Limits, check_prompt, resolve_geometry, resolve_image
+from longcat.errors import InvalidArgument, Unavailable
 from longcat.images import image_content_hash
 from longcat.rpc.codec import to_proto
-from longcat.errors import InvalidArgument, Unavailable
 from longcat.rpc.handler import rpc_method
 from longcat.v1 import encoder_pb2, encoder_pb2_grpc
 from services.encoder.cache import EmbeddingCache

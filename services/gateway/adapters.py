@@ -1,41 +1,29 @@
-"""``longcat.v1.AdapterService``: the adapter registry, read and pruned through the gateway."""
+"""``longcat.v1.AdapterService`` over gRPC: a thin door onto :class:`GatewayCore` (the adapter registry,
+read and pruned through the gateway)."""
 
 from __future__ import annotations
 
-from longcat.adapters.registry import AdapterInfo, AdapterRegistry
-from longcat.jobs.connection import redis_unavailable_as_error
 from longcat.rpc.handler import rpc_method
 from longcat.v1 import adapters_pb2, adapters_pb2_grpc
 from services.gateway.auth import ApiKeys
+from services.gateway.core import GatewayCore
 
 SERVICE = "longcat.v1.AdapterService"
 
 
-def to_proto(info: AdapterInfo) -> adapters_pb2.Adapter:
-    return adapters_pb2.Adapter(name=info.name, rank=info.rank, alpha=info.alpha, format=info.format,
-                                size_bytes=info.size_bytes, created_at=info.created_at, job_id=info.job_id,
-                                owner=info.owner)
-
-
 class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
-    def __init__(self, registry: AdapterRegistry, auth: ApiKeys):
-        self.registry = registry
+    def __init__(self, core: GatewayCore, auth: ApiKeys):
+        self.core = core
         self.auth = auth
 
     @rpc_method(SERVICE)
     def ListAdapters(self, request, context):
-        self.auth.owner(context)
-        with redis_unavailable_as_error():
-            return adapters_pb2.ListAdaptersResponse(adapters=[to_proto(a) for a in self.registry.list()])
+        return adapters_pb2.ListAdaptersResponse(adapters=self.core.list_adapters(self.auth.caller(context)))
 
     @rpc_method(SERVICE)
     def GetAdapter(self, request, context):
-        self.auth.owner(context)
-        with redis_unavailable_as_error():
-            return to_proto(self.registry.get(request.name))
+        return self.core.get_adapter(self.auth.caller(context), request.name)
 
     @rpc_method(SERVICE)
     def DeleteAdapter(self, request, context):
-        owner = self.auth.owner(context)
-        with redis_unavailable_as_error():
-            return to_proto(self.registry.delete(request.name, owner if self.auth.enabled else None))
+        return self.core.delete_adapter(self.auth.caller(context), request.name)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from longcat.errors import Unauthenticated
+from services.gateway.core import Caller
 
 ANONYMOUS = "anonymous"
 
@@ -48,14 +49,23 @@ class ApiKeys:
     def enabled(self) -> bool:
         return bool(self.keys)
 
-    def owner(self, context) -> str:
+    def owner_for(self, authorization: str) -> str:
+        """An ``authorization`` header value (``Bearer <key>``; any door) -> the caller's owner name."""
         if not self.enabled:
             return ANONYMOUS
-        token = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization" and value.lower().startswith("bearer "):
-                token = value[7:].strip()
+        token = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
         for known, owner in self.keys.items():  # constant-time compare against every key
             if token and hmac.compare_digest(known.encode(), token.encode()):
                 return owner
         raise Unauthenticated("a valid API key is required (metadata 'authorization: Bearer <key>')")
+
+    def owner(self, context) -> str:
+        """The gRPC door: the ``authorization`` metadata of the call."""
+        header = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                header = value
+        return self.owner_for(header)
+
+    def caller(self, context) -> Caller:
+        return Caller(self.owner(context), authenticated=self.enabled)

@@ -8,11 +8,13 @@ import threading
 
 from grpc_health.v1 import health_pb2
 
-from longcat.adapters import AdapterStore
 from longcat.adapters.registry import AdapterRegistry
-from longcat.engine.request import Limits
+from longcat.adapters.store import AdapterStore
+from longcat.api.edit import Limits
+from longcat.api.keys import Keys
+from longcat.api.prompts import load_prompt_tokenizer
+from longcat.api.training import Roots
 from longcat.jobs.connection import REDIS_ERRORS, connect
-from longcat.jobs.keys import Keys
 from longcat.jobs.store import JobStore
 from longcat.logs import setup_logging
 from longcat.redact import redact_url
@@ -22,7 +24,7 @@ from longcat.rpc.server import GrpcServer
 from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc, training_pb2_grpc
 from services.gateway import adapters, edit, training
 from services.gateway.auth import ApiKeys
-from services.trainer.submission import Roots
+from services.gateway.core import GatewayConfig, GatewayCore
 
 log = logging.getLogger("longcat.gateway")
 
@@ -73,6 +75,23 @@ def monitor_redis(client, server: GrpcServer, stop: threading.Event, period_s: f
         stop.wait(period_s)
 
 
+def training_dispatch(redis_url: str):
+    """job_id -> a Celery task for the trainers; None when Celery (the [train] extra) is not installed: the
+    gateway then serves edits and adapters, and refuses training jobs before queueing them."""
+    from longcat.jobs.celery_app import QUEUE, TASK, make_app
+
+    try:
+        celery = make_app(redis_url)
+    except ImportError:
+        log.warning("celery is not installed (pip install 'longcat-edit-stack[train]'): training jobs are refused")
+        return None
+
+    def dispatch(job_id: str) -> None:
+        celery.send_task(TASK, args=[job_id], queue=QUEUE)
+
+    return dispatch
+
+
 def serve(args) -> None:
     import os
 
@@ -82,29 +101,22 @@ def serve(args) -> None:
     keys = Keys(args.namespace)
     store = JobStore(client, keys, result_ttl_s=args.result_ttl_s)
     auth = ApiKeys.load(args.api_keys_file or None)
-    tokenizer = None
-    if args.model:
-        from longcat.models.loading import load_components
-
-        tokenizer = load_components(args.model, ("tokenizer",), device="cpu").tokenizer
+    # The model's tokenizer.json through `tokenizers` (no transformers, no torch): the same ids as the encoder.
+    tokenizer = load_prompt_tokenizer(args.model) if args.model else None
     limits = Limits(max_pixels=args.max_pixels, max_steps=args.max_steps)
     registry = AdapterRegistry(client, AdapterStore(os.path.expanduser(args.adapter_dir)), keys)
 
-    from services.trainer.celery_app import QUEUE, TASK, make_app
-
-    celery = make_app(args.redis_url)
     roots = Roots.make(args.data_root, args.output_root, per_owner=auth.enabled)
+    dispatch = training_dispatch(args.redis_url)
 
-    def dispatch(job_id: str) -> None:
-        celery.send_task(TASK, args=[job_id], queue=QUEUE)
-
+    core = GatewayCore(store, GatewayConfig(limits, max_queue=args.max_queue,
+                                            max_upload_bytes=args.max_upload_mb * 1024 * 1024),
+                       roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer)
     server = GrpcServer([edit.SERVICE, training.SERVICE, adapters.SERVICE], args.host, args.port,
                         args.max_message_mb, args.threads)
-    edit_pb2_grpc.add_EditServiceServicer_to_server(
-        edit.EditServicer(store, auth, limits, args.max_queue, tokenizer), server.server)
-    training_pb2_grpc.add_TrainingServiceServicer_to_server(
-        training.TrainingServicer(store, auth, roots, dispatch, tokenizer, args.max_upload_mb), server.server)
-    adapters_pb2_grpc.add_AdapterServiceServicer_to_server(adapters.AdapterServicer(registry, auth), server.server)
+    edit_pb2_grpc.add_EditServiceServicer_to_server(edit.EditServicer(core, auth), server.server)
+    training_pb2_grpc.add_TrainingServiceServicer_to_server(training.TrainingServicer(core, auth), server.server)
+    adapters_pb2_grpc.add_AdapterServiceServicer_to_server(adapters.AdapterServicer(core, auth), server.server)
     stop = threading.Event()
     server.install_signal_handlers(args.grace_s, on_stop=stop.set)
     server.start()

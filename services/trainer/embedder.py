@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from longcat.images import encode_png
-from services.encoder.client import EncoderClient
+from longcat.rpc.encoder_client import EncoderClient
 
 
 class EncoderServiceEmbedder:

@@ -7,26 +7,23 @@ import logging
 import threading
 
 from longcat.jobs.connection import REDIS_ERRORS
-from longcat.jobs.store import JobStore, as_str
+from longcat.jobs.store import JobStore
 
 log = logging.getLogger("longcat.trainer.reaper")
 
 
 def reap_once(store: JobStore, dispatch) -> list[str]:
     """One pass (guarded so only one worker reaps at a time). Returns the job ids dispatched again."""
-    k = store.k
-    if not store.r.set(k.lock("train-reaper"), "1", nx=True, px=5000):
+    if not store.try_lock("train-reaper", 5000):
         return []
     again = []
-    for raw in store.r.smembers(k.train_active):
-        job_id = as_str(raw)
+    for job_id in store.active_training_jobs():
         view = store.get(job_id)
         if view is None or view.terminal:
-            store.r.srem(k.train_active, job_id)
+            store.unmark_active(job_id)
             continue
-        if view.state == "RUNNING" and not store.r.exists(k.train_lease(job_id)) and \
-                store.r.set(k.lock(f"redispatch:{job_id}:{view.attempts}:{view.extra.get('pauses', 0)}"), "1",
-                            nx=True, ex=3600):
+        if view.state == "RUNNING" and not store.lease_held(job_id) and \
+                store.try_lock(f"redispatch:{job_id}:{view.attempts}:{view.extra.get('pauses', 0)}", 3600_000):
             log.warning("training job lost its worker; dispatching it again",
                         extra={"job_id": job_id, "attempts": view.attempts})
             store.add_event(job_id, {"kind": "message", "state": "RUNNING",

@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from longcat.adapters.registry import AdapterRegistry
+from longcat.api.training import TrainingSubmission
 from longcat.errors import InvalidArgument, LongCatError, NotFound
 from longcat.jobs.connection import REDIS_ERRORS
 from longcat.jobs.store import JobStore
 from longcat.logs import request_id
 from longcat.v1 import training_pb2
-from services.trainer.lease import Lease
-from services.trainer.submission import TrainingSubmission
 
 log = logging.getLogger("longcat.trainer")
 
@@ -41,7 +40,7 @@ class TrainerContext:
 
     store: JobStore
     registry: AdapterRegistry
-    roots: "object"                       # services.trainer.submission.Roots
+    roots: "object"                       # longcat.api.training.Roots
     model: str = "tiny"
     device: str | None = None
     precision: str | None = None
@@ -69,16 +68,15 @@ class TrainerContext:
 
 def run_training_job(ctx: TrainerContext, job_id: str) -> str:
     """Returns what happened: the terminal state, 'busy' (another worker holds it) or 'retry'."""
+    from longcat.api.training_errors import ConfigError, DatasetError
     from longcat.training import Trainer
-    from longcat.training.errors import ConfigError, DatasetError
 
     view = ctx.store.get(job_id)
     if view is None or view.terminal:
         return view.state if view else "MISSING"
     token = f"{ctx.consumer}:{uuid.uuid4().hex[:8]}"
-    keys = ctx.store.k
-    lease = Lease(ctx.store.r, keys.train_lease(job_id), token, ctx.lease_ttl_s)
-    ctx.store.r.sadd(keys.train_active, job_id)  # before the lease: the reaper must always see a held job
+    lease = ctx.store.lease(job_id, token, ctx.lease_ttl_s)
+    ctx.store.mark_active(job_id)  # before the lease: the reaper must always see a held job
     if not lease.acquire():
         return "busy"  # someone runs it; if it dies, the reaper dispatches it again
     rid = request_id.set(job_id)
@@ -86,7 +84,7 @@ def run_training_job(ctx: TrainerContext, job_id: str) -> str:
     try:
         outcome, attempts = ctx.store.claim(job_id, token, ctx.max_attempts, kind="training")
         if outcome != "RUNNING":
-            ctx.store.r.srem(keys.train_active, job_id)
+            ctx.store.unmark_active(job_id)
             return outcome
         raw = ctx.store.request_bytes(job_id)
         if raw is None:
@@ -107,7 +105,7 @@ def run_training_job(ctx: TrainerContext, job_id: str) -> str:
                 if not ctx.store.progress(job_id, token, fields):
                     raise LeaseLost()
             if event.get("type") == "step":
-                ctx.store.update(job_id, step=event["step"], total_steps=event["total"])
+                ctx.store.update(job_id, token, step=event["step"], total_steps=event["total"])
 
         def should_stop() -> bool:
             if lease.lost.is_set():
@@ -122,11 +120,8 @@ def run_training_job(ctx: TrainerContext, job_id: str) -> str:
             # This worker is going away: the checkpoint is written, the lease is released below, and the
             # reaper of a live worker dispatches the job again; it resumes from this step. A pause is not a
             # failure, so it does not use up one of the job's attempts.
-            ctx.store.r.hincrby(keys.job(job_id), "attempts", -1)
-            ctx.store.r.hincrby(keys.job(job_id), "pauses", 1)
-            ctx.store.progress(job_id, token, {"kind": "message", "state": "RUNNING",
-                                               "message": f"paused at step {result.step}: its worker is shutting "
-                                                          "down; resuming elsewhere"})
+            ctx.store.pause(job_id, token, f"paused at step {result.step}: its worker is shutting down; "
+                                           "resuming elsewhere")
             return "paused"
         if result.status == "cancelled":
             ctx.store.finish(job_id, token, "CANCELLED", "CANCELLED", f"cancelled at step {result.step}")
@@ -148,13 +143,13 @@ def run_training_job(ctx: TrainerContext, job_id: str) -> str:
     except Exception as exc:  # noqa: BLE001 - transient: recorded, released; the reaper dispatches it again
         code = exc.code if isinstance(exc, LongCatError) else "INTERNAL"
         log.exception("training attempt failed; it will be retried")
-        ctx.store.record_error(job_id, code, f"{type(exc).__name__}: {exc}")
+        ctx.store.record_error(job_id, token, code, f"{type(exc).__name__}: {exc}")
         return "retry"
     finally:
         ctx.running.pop(job_id, None)
         view = ctx.store.get(job_id)
         if view is None or view.terminal:
-            ctx.store.r.srem(keys.train_active, job_id)
+            ctx.store.unmark_active(job_id)
         lease.release()
         request_id.reset(rid)
 

@@ -12,8 +12,10 @@ import threading
 
 from longcat.adapters import AdapterStore
 from longcat.adapters.registry import AdapterRegistry
+from longcat.api.keys import Keys
+from longcat.api.training import Roots
+from longcat.jobs.celery_app import QUEUE, TASK, make_app
 from longcat.jobs.connection import connect
-from longcat.jobs.keys import Keys
 from longcat.jobs.store import JobStore
 from longcat.logs import setup_logging
 from longcat.redact import redact_url
@@ -22,10 +24,8 @@ from longcat.rpc.handler import rpc_method
 from longcat.rpc.metrics import serve_metrics
 from longcat.rpc.server import GrpcServer
 from longcat.v1 import trainer_pb2, trainer_pb2_grpc
-from services.trainer.celery_app import QUEUE, TASK, make_app
 from services.trainer.reaper import run_reaper
 from services.trainer.runner import TrainerContext, run_training_job
-from services.trainer.submission import Roots
 
 log = logging.getLogger("longcat.trainer")
 SERVICE = "longcat.v1.Trainer"

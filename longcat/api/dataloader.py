@@ -2,7 +2,7 @@
 ``conditioning_data``, and a dataset named there is the reference (conditioning) side.
 
 This module only checks the structure (types of keys). Whether folders, pairs, captions and images are
-usable is :mod:`longcat.training.validate`'s job, which reports everything at once.
+usable is :mod:`longcat.api.datasets`'s job, which reports everything at once.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from longcat.training import jsonc
-from longcat.training.errors import ConfigError, Problem
+from longcat.api import jsonc
+from longcat.api.training_errors import ConfigError, Problem
 
 log = logging.getLogger(__name__)
 

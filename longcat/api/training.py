@@ -13,10 +13,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from longcat.adapters.store import validate_name
-from longcat.training import jsonc, parse_config, parse_dataloader, resolve_inside
-from longcat.training.config import TrainingConfig
-from longcat.training.dataloader import DataloaderConfig
+from longcat.api import jsonc
+from longcat.api.dataloader import DataloaderConfig, parse_dataloader
+from longcat.api.datasets import resolve_inside
+from longcat.api.names import validate_name
+from longcat.api.training_config import TrainingConfig, parse_config
 from longcat.v1 import training_pb2
 
 ANONYMOUS = "anonymous"

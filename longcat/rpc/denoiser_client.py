@@ -7,9 +7,9 @@ from typing import Iterator
 import grpc
 import torch
 
+from longcat.client.errors import from_rpc_error
 from longcat.rpc.channel import make_channel
 from longcat.rpc.codec import to_proto
-from longcat.client.errors import from_rpc_error
 from longcat.v1 import common_pb2, denoiser_pb2, denoiser_pb2_grpc
 
 

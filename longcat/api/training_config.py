@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
-from longcat.adapters import OFFICIAL_TARGET_MODULES
-from longcat.training import jsonc
-from longcat.training.errors import ConfigError, Problem
+from longcat.api import jsonc
+from longcat.api.names import OFFICIAL_TARGET_MODULES
+from longcat.api.training_errors import ConfigError, Problem
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from longcat.conditioning.geometry import DEFAULT_AREA, Geometry, check_size, default_size
+from longcat.api.sizes import DEFAULT_AREA, Geometry, check_size, default_size
 from longcat.errors import InvalidArgument
 from longcat.images import DEFAULT_MAX_INPUT_PIXELS, decode_image, to_rgb
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -97,7 +98,7 @@ def resolve_seed(seed, field: str = "seed") -> int:
 
 
 def check_adapters(adapters, limits: Limits, field: str = "adapters") -> list[AdapterRef]:
-    from longcat.adapters.store import validate_name
+    from longcat.api.names import validate_name
 
     if len(adapters) > limits.max_adapters:
         raise InvalidArgument(f"at most {limits.max_adapters} adapters per request, got {len(adapters)}", field)

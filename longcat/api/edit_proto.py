@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from longcat.engine.request import AdapterRef, EditRequest
+from longcat.api.edit import AdapterRef, EditRequest
 from longcat.v1 import edit_pb2
 
 DEFAULT_STEPS = 50

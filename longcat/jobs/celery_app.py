@@ -1,4 +1,5 @@
-"""The Celery app for training jobs, configured for long GPU jobs.
+"""The Celery app for training jobs, configured for long GPU jobs (the trainer consumes it; the gateway only
+sends tasks to it, so it lives here, shared, and Celery is imported only when it is made).
 
 - One job per worker at a time, no prefetch: a worker never holds a job it is not running.
 - Late ack + reject on worker loss: a job whose worker process dies goes back to the queue.
@@ -11,13 +12,13 @@
 
 from __future__ import annotations
 
-from celery import Celery
-
 QUEUE = "longcat.training"
 TASK = "longcat.train"
 
 
-def make_app(broker_url: str, visibility_timeout_s: int = 7 * 24 * 3600) -> Celery:
+def make_app(broker_url: str, visibility_timeout_s: int = 7 * 24 * 3600):
+    from celery import Celery  # the [train] extra
+
     app = Celery("longcat-trainer", broker=broker_url)
     app.conf.update(
         task_default_queue=QUEUE,

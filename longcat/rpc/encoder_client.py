@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import grpc
 import torch
 
+from longcat.client.errors import from_rpc_error
 from longcat.rpc.channel import make_channel
 from longcat.rpc.codec import from_proto
-from longcat.client.errors import from_rpc_error
 from longcat.v1 import encoder_pb2, encoder_pb2_grpc
 
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from longcat.api.dataloader import DataloaderConfig, DatasetConfig
+from longcat.api.training_errors import DatasetError, Problem
 from longcat.errors import InvalidArgument, LongCatError
 from longcat.images import load_image_file
-from longcat.training.dataloader import DataloaderConfig, DatasetConfig
-from longcat.training.errors import DatasetError, Problem
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def _caption(edit, ref, name, edit_path, ref_path, use_reference_captions, probl
 
 def _check_length(text, edit, name, problems, tokenizer) -> str | None:
     if tokenizer is not None:
-        from longcat.conditioning import MAX_PROMPT_TOKENS, prompt_token_ids
+        from longcat.api.prompts import MAX_PROMPT_TOKENS, prompt_token_ids
 
         n = len(prompt_token_ids(tokenizer, text))
         if n > MAX_PROMPT_TOKENS:

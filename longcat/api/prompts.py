@@ -1,0 +1,111 @@
+"""Prompt token rules: the pipeline's tokenization of a prompt (quoted spans character by character), the
+512-token limit, and a torch-free tokenizer for the gateway.
+
+``prompt_token_ids`` takes any tokenizer called like transformers' (``tok(text, add_special_tokens=False)
+["input_ids"]``): the encoder passes the pipeline's ``Qwen2Tokenizer``, the gateway a :class:`PromptTokenizer`
+over the model's ``tokenizer.json`` (the ``tokenizers`` library, no transformers). ``tests/test_api.py`` holds
+both to the same ids, and ``split_quotation`` (a copy of diffusers') equal to diffusers'.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from longcat.errors import NotFound, PromptTooLong
+
+log = logging.getLogger(__name__)
+
+MAX_PROMPT_TOKENS = 512
+TOKENIZER_FILE = "tokenizer/tokenizer.json"  # inside a diffusers-format LongCat-Image-Edit folder
+
+
+def split_quotation(prompt, quote_pairs=None):
+    """diffusers' ``split_quotation`` (pipeline_longcat_image_edit), verbatim: [(part, is_quoted), ...]."""
+    word_internal_quote_pattern = re.compile(r"[a-zA-Z]+'[a-zA-Z]+")
+    matches_word_internal_quote_pattern = word_internal_quote_pattern.findall(prompt)
+    mapping_word_internal_quote = []
+
+    for i, word_src in enumerate(set(matches_word_internal_quote_pattern)):
+        word_tgt = "longcat_$##$_longcat" * (i + 1)
+        prompt = prompt.replace(word_src, word_tgt)
+        mapping_word_internal_quote.append([word_src, word_tgt])
+
+    if quote_pairs is None:
+        quote_pairs = [("'", "'"), ('"', '"'), ("‘", "’"), ("“", "”")]
+    pattern = "|".join([re.escape(q1) + r"[^" + re.escape(q1 + q2) + r"]*?" + re.escape(q2) for q1, q2 in quote_pairs])
+    parts = re.split(f"({pattern})", prompt)
+
+    result = []
+    for part in parts:
+        for word_src, word_tgt in mapping_word_internal_quote:
+            part = part.replace(word_tgt, word_src)
+        if re.match(pattern, part):
+            if len(part):
+                result.append((part, True))
+        else:
+            if len(part):
+                result.append((part, False))
+    return result
+
+
+def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
+    """The pipeline's tokenization: quoted spans are tokenized character by character (for text rendering)."""
+    ids: list[int] = []
+    for part, quoted in split_quotation(prompt):
+        pieces = list(part) if quoted else [part]
+        for piece in pieces:
+            ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
+    return ids
+
+
+def check_prompt_length(tokenizer, prompt: str, field: str = "prompt", truncate: bool = False) -> list[int]:
+    ids = prompt_token_ids(tokenizer, prompt)
+    if len(ids) > MAX_PROMPT_TOKENS:
+        if not truncate:
+            raise PromptTooLong(f"is {len(ids)} tokens; the model reads at most {MAX_PROMPT_TOKENS}", field)
+        log.warning("%s truncated from %d to %d tokens", field, len(ids), MAX_PROMPT_TOKENS)
+        ids = ids[:MAX_PROMPT_TOKENS]
+    return ids
+
+
+class PromptTokenizer:
+    """The model's ``tokenizer.json`` through the ``tokenizers`` library, called like a transformers tokenizer."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "PromptTokenizer":
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(path)))
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids}
+
+
+def tokenizer_file(model: str) -> Path:
+    """A model folder (or ``tiny``, once built) -> its ``tokenizer.json``; a hub id -> downloaded (HF cache)."""
+    from longcat.api.models import TINY, tiny_dir
+
+    if model == TINY or model.startswith(TINY + ":"):
+        folder = tiny_dir(model)
+        if not (folder / TOKENIZER_FILE).is_file():
+            raise NotFound(f"the tiny model is not built yet at {folder} (run `longcat tiny`, or start a model "
+                           "service first)", "model")
+        return folder / TOKENIZER_FILE
+    if os.path.isdir(model):
+        path = Path(model) / TOKENIZER_FILE
+        if not path.is_file():
+            raise NotFound(f"{model!r} has no {TOKENIZER_FILE}", "model")
+        return path
+    from huggingface_hub import hf_hub_download  # a dependency of tokenizers
+
+    return Path(hf_hub_download(model, TOKENIZER_FILE))
+
+
+def load_prompt_tokenizer(model: str) -> PromptTokenizer:
+    return PromptTokenizer.from_file(tokenizer_file(model))

@@ -1,0 +1,247 @@
+"""The gateway's one core, transport-free: submit / get / watch / cancel / list edits and training jobs,
+upload datasets, read and prune adapters, each on behalf of a :class:`Caller`.
+
+A front door (the gRPC servicers in ``edit.py`` / ``training.py`` / ``adapters.py``; later an HTTP door)
+only turns its transport into calls here: it resolves the caller's identity (``auth.ApiKeys``), passes the
+request message, the caller's deadline and an ``is_active`` probe, and maps :class:`LongCatError` to its own
+status codes. Nothing here knows gRPC. Messages are the public ``longcat.v1`` types: they are the contract,
+and an HTTP door maps JSON to them with protobuf's own json_format.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from longcat.adapters.registry import AdapterInfo, AdapterRegistry
+from longcat.api.datasets import validate_datasets
+from longcat.api.edit import Limits, validate_request
+from longcat.api.edit_proto import request_from_proto
+from longcat.api.names import validate_name
+from longcat.api.prompts import check_prompt_length
+from longcat.api.training import Roots, TrainingSubmission
+from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound, Unavailable
+from longcat.jobs.connection import redis_unavailable_as_error
+from longcat.jobs.store import JobStore
+from longcat.rpc.errors import STATUS
+from longcat.v1 import adapters_pb2, edit_pb2, training_pb2
+from services.gateway.events import watch
+
+TERMINAL = (edit_pb2.SUCCEEDED, edit_pb2.FAILED, edit_pb2.CANCELLED)
+KINDS = {edit_pb2.EDIT: "edit", edit_pb2.TRAINING: "training"}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who calls, as a front door established it (``auth.ApiKeys``)."""
+
+    owner: str
+    authenticated: bool = False  # API keys on: ownership is enforced (adapters, per-owner areas)
+
+
+class JobFailed(LongCatError):
+    """A job's terminal failure, re-raised to a blocking caller with the job's own status code."""
+
+    def __init__(self, view):
+        super().__init__(view.reason or view.state.lower())
+        self.code = view.error_code if view.error_code in STATUS else "INTERNAL"
+
+
+@dataclass
+class GatewayConfig:
+    limits: Limits
+    max_queue: int = 1000           # edit jobs waiting before RESOURCE_EXHAUSTED
+    max_training_queue: int = 100
+    retry_after_s: float = 2.0      # hint sent with RESOURCE_EXHAUSTED
+    max_upload_bytes: int = 4096 << 20
+
+
+class GatewayCore:
+    def __init__(self, store: JobStore, config: GatewayConfig, roots: Roots | None = None,
+                 dispatch: Callable[[str], None] | None = None, registry: AdapterRegistry | None = None,
+                 tokenizer=None):
+        self.store = store
+        self.config = config
+        self.roots = roots
+        self.dispatch = dispatch    # job_id -> hands a training job to the trainers (Celery)
+        self.registry = registry
+        self.tokenizer = tokenizer  # counts prompt tokens (api.prompts.PromptTokenizer); None = not checked
+
+    # ---- jobs of either kind: visible only to their owner (others get NOT_FOUND: existence is not leaked) ----
+
+    def _view(self, caller: Caller, job_id: str, kind: str | None):
+        view = self.store.get(job_id) if job_id else None
+        if view is None or view.owner != caller.owner or (kind and view.kind != kind):
+            raise NotFound(f"no job {job_id!r}", "job_id")
+        return view
+
+    def get_job(self, caller: Caller, job_id: str, kind: str | None = None) -> edit_pb2.Job:
+        with redis_unavailable_as_error():
+            return self.store.to_proto(self._view(caller, job_id, kind))
+
+    def watch_job(self, caller: Caller, job_id: str, after_event_id: str, kind: str | None,
+                  is_active: Callable[[], bool]) -> Iterator[edit_pb2.JobEvent]:
+        with redis_unavailable_as_error():
+            self._view(caller, job_id, kind)
+            yield from watch(self.store, job_id, after_event_id, is_active)
+
+    def cancel_job(self, caller: Caller, job_id: str, kind: str | None = None) -> edit_pb2.Job:
+        with redis_unavailable_as_error():
+            self._view(caller, job_id, kind)
+            self.store.cancel(job_id, kind or "edit")
+            return self.store.to_proto(self.store.get(job_id))
+
+    def list_jobs(self, caller: Caller, kind: int = 0, state: int = 0, limit: int = 0) -> list[edit_pb2.Job]:
+        limit = limit if 0 < limit <= 1000 else 100
+        state_name = "" if state == edit_pb2.JOB_STATE_UNSPECIFIED else edit_pb2.JobState.Name(state)
+        with redis_unavailable_as_error():
+            views = self.store.list(caller.owner, KINDS.get(kind, ""), state_name, limit)
+            return [self.store.to_proto(v) for v in views]
+
+    # ---- edits ----
+
+    def submit_edit(self, caller: Caller, request: edit_pb2.EditRequest, deadline: float = 0.0) -> edit_pb2.Job:
+        """Validate (the engine's own rules), resolve the seed, queue. ``deadline``: epoch seconds, 0 = none."""
+        req = validate_request(request_from_proto(request), self.config.limits)
+        if self.tokenizer is not None:
+            check_prompt_length(self.tokenizer, req.prompt, "prompt", request.truncate_prompt)
+            check_prompt_length(self.tokenizer, req.negative_prompt, "negative_prompt", request.truncate_prompt)
+        # The seed is resolved here, so a retried delivery renders the same image.
+        msg = edit_pb2.EditRequest()
+        msg.CopyFrom(request)
+        msg.seed = req.seed
+        with redis_unavailable_as_error():
+            try:
+                job_id, _, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(), request.request_id,
+                                                 deadline, self.config.max_queue,
+                                                 fields={"total_steps": req.num_inference_steps})
+            except LongCatError as exc:
+                if exc.code == "RESOURCE_EXHAUSTED":
+                    exc.trailers = {"retry-after-ms": int(self.config.retry_after_s * 1000)}
+                raise
+            return self.store.to_proto(self.store.get(job_id))
+
+    def edit(self, caller: Caller, request: edit_pb2.EditRequest, deadline: float,
+             is_active: Callable[[], bool]) -> edit_pb2.EditResult:
+        """Submit and wait for the result; a caller that goes away cancels its job."""
+        job = self.submit_edit(caller, request, deadline)
+        with redis_unavailable_as_error():
+            for ev in watch(self.store, job.id, "0", is_active):
+                if ev.HasField("job") and ev.job.state in TERMINAL:
+                    break
+            view = self.store.get(job.id)
+        if not is_active():  # the caller went away: don't spend a GPU on a result nobody reads
+            with redis_unavailable_as_error():
+                self.store.cancel(job.id)
+            raise Cancelled("the caller went away")
+        if view is None:
+            raise NotFound("the job expired before its result was read", "job_id")
+        if view.state == "SUCCEEDED":
+            return self.store.to_proto(view).result
+        if view.error_code == "DEADLINE_EXCEEDED":
+            raise DeadlineExceeded(view.reason)
+        raise JobFailed(view)
+
+    # ---- training ----
+
+    def submit_training(self, caller: Caller, request: training_pb2.SubmitTrainingRequest) -> edit_pb2.Job:
+        """Validate the whole job (nothing starts on bad input), queue it, hand it to the trainers."""
+        if self.dispatch is None:
+            raise Unavailable("this gateway accepts no training jobs: it runs without Celery (install "
+                              "longcat-edit-stack[train] on it)")
+        submission = TrainingSubmission.from_request(request, self.roots, caller.owner)
+        # Every dataset problem at once (names paired both ways, captions, decodable images, separate caches).
+        validate_datasets(submission.dataloader, submission.config.use_reference_captions, tokenizer=self.tokenizer)
+        with redis_unavailable_as_error():
+            job_id, created, _ = self.store.submit(
+                "training", caller.owner, request.SerializeToString(), request.request_id,
+                max_queue=self.config.max_training_queue,
+                fields={"adapter_name": submission.adapter_name, "per_owner": int(self.roots.per_owner),
+                        "total_steps": submission.config.max_train_steps or 0})
+            if created:
+                self.dispatch(job_id)
+            return self.store.to_proto(self.store.get(job_id))
+
+    def upload_dataset(self, caller: Caller,
+                       chunks: Iterable[training_pb2.UploadDatasetChunk]) -> training_pb2.UploadDatasetResponse:
+        """A .tar(.gz) streamed in chunks (the first names the dataset) -> ``<data area>/uploads/<name>/``."""
+        name, size, limit = "", 0, self.config.max_upload_bytes
+        with tempfile.NamedTemporaryFile(prefix="upload-", suffix=".tar", dir=self.roots.data_area(caller.owner)) as tmp:
+            for chunk in chunks:
+                if not name:
+                    name = validate_name(chunk.name or "", "name")
+                size += len(chunk.data)
+                if size > limit:
+                    raise InvalidArgument(f"the archive is over the {limit >> 20} MiB limit", "data")
+                tmp.write(chunk.data)
+            if not name:
+                raise InvalidArgument("the first chunk must name the dataset", "name")
+            tmp.flush()
+            dest = self.roots.data_area(caller.owner) / "uploads" / name
+            files = _extract(Path(tmp.name), dest)
+        folders = {p.name: str(p) for p in sorted(dest.iterdir()) if p.is_dir()}
+        return training_pb2.UploadDatasetResponse(path=str(dest), folders=folders, bytes=size, files=files)
+
+    # ---- adapters: everyone reads the registry; only the publisher deletes (with API keys on) ----
+
+    def list_adapters(self, caller: Caller) -> list[adapters_pb2.Adapter]:
+        with redis_unavailable_as_error():
+            return [adapter_to_proto(a) for a in self.registry.list()]
+
+    def get_adapter(self, caller: Caller, name: str) -> adapters_pb2.Adapter:
+        with redis_unavailable_as_error():
+            return adapter_to_proto(self.registry.get(name))
+
+    def delete_adapter(self, caller: Caller, name: str) -> adapters_pb2.Adapter:
+        with redis_unavailable_as_error():
+            return adapter_to_proto(self.registry.delete(name, caller.owner if caller.authenticated else None))
+
+
+def adapter_to_proto(info: AdapterInfo) -> adapters_pb2.Adapter:
+    return adapters_pb2.Adapter(name=info.name, rank=info.rank, alpha=info.alpha, format=info.format,
+                                size_bytes=info.size_bytes, created_at=info.created_at, job_id=info.job_id,
+                                owner=info.owner)
+
+
+def deadline_from_remaining(remaining: float | None, max_s: float = 30 * 86400) -> float:
+    """A door's "seconds left" (None or huge = no deadline) -> epoch seconds, 0 = none."""
+    return time.time() + remaining if remaining is not None and remaining < max_s else 0.0
+
+
+def _extract(archive: Path, dest: Path) -> int:
+    """Unpack regular files and folders only, never outside ``dest``; replaces a previous upload atomically."""
+    staging = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    count = 0
+    try:
+        try:
+            tar = tarfile.open(archive, mode="r:*")
+        except tarfile.TarError as exc:
+            raise InvalidArgument(f"is not a .tar or .tar.gz archive: {exc}", "data") from exc
+        with tar:
+            for member in tar:
+                parts = Path(member.name).parts
+                if member.name.startswith("/") or ".." in parts:
+                    raise InvalidArgument(f"archive member {member.name!r} would land outside the dataset", "data")
+                if not (member.isfile() or member.isdir()):
+                    raise InvalidArgument(f"archive member {member.name!r} is not a regular file or folder "
+                                          "(links and devices are refused)", "data")
+                tar.extract(member, staging, filter="data")
+                count += member.isfile()
+        old = None
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:8]}.old"
+            dest.rename(old)
+        staging.rename(dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return count
