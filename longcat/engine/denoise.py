@@ -27,6 +27,7 @@ from longcat.conditioning import (
     text_position_ids,
     unpack_latents,
 )
+from longcat.engine.caching import EXACT, branch_context, step_cache
 from longcat.engine.levers import execution_device
 from longcat.errors import Cancelled
 
@@ -58,6 +59,7 @@ class DenoiseJob:
     steps: int
     guidance_scale: float
     seed: int
+    speed_preset: str = EXACT                   # a step-cache preset (longcat.engine.caching), for this run only
 
 
 class DenoiseLoop:
@@ -100,7 +102,7 @@ class DenoiseLoop:
     def run(self, job: DenoiseJob, on_step: StepCallback | None = None, cancel: threading.Event | None = None,
             preview_every: int = 0, preview_max_side: int = 128) -> torch.Tensor:
         """Denoise from seeded noise to packed latents; raises :class:`Cancelled` between steps when asked."""
-        with self.lock:
+        with self.lock, step_cache(self.transformer, job.speed_preset, job.steps):
             return self._run(job, on_step, cancel, preview_every, preview_max_side)
 
     def _run(self, job, on_step, cancel, preview_every, preview_max_side):
@@ -129,15 +131,18 @@ class DenoiseLoop:
                 raise Cancelled(f"cancelled before step {i + 1} of {len(timesteps)}")
             sigma = t.expand(1).to(dtype) / 1000
             if batched:
-                v = predict_velocity(self.transformer, latents.expand(2, -1, -1), reference_in, embeds,
-                                     text_ids, image_ids, sigma.expand(2))
+                with branch_context(self.transformer, "cfg"):
+                    v = predict_velocity(self.transformer, latents.expand(2, -1, -1), reference_in, embeds,
+                                         text_ids, image_ids, sigma.expand(2))
                 v_cond, v_uncond = v.chunk(2)
                 v = v_uncond + job.guidance_scale * (v_cond - v_uncond)
             else:
-                v = predict_velocity(self.transformer, latents, reference, cond, text_ids, image_ids, sigma)
+                with branch_context(self.transformer, "cond"):
+                    v = predict_velocity(self.transformer, latents, reference, cond, text_ids, image_ids, sigma)
                 if do_cfg:
-                    v_uncond = predict_velocity(self.transformer, latents, reference, job.negative_embeds.to(device),
-                                                text_ids, image_ids, sigma)
+                    with branch_context(self.transformer, "uncond"):
+                        v_uncond = predict_velocity(self.transformer, latents, reference,
+                                                    job.negative_embeds.to(device), text_ids, image_ids, sigma)
                     v = v_uncond + job.guidance_scale * (v - v_uncond)
             noisy = latents
             latents = scheduler.step(v, t, latents, return_dict=False)[0]

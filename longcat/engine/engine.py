@@ -44,6 +44,7 @@ class EditEngine:
                                             components.text_encoder)
         self.loop = DenoiseLoop(components.transformer, components.vae, components.scheduler, cfg_batch=cfg_batch)
         self.adapters = adapter_manager
+        self.gate = None  # a longcat.engine.quality_gate.PresetGate, when speed presets must prove themselves
         self._encode_lock = threading.Lock()
 
     @classmethod
@@ -70,8 +71,10 @@ class EditEngine:
         return PromptEmbeddings(prompt, negative)
 
     def edit(self, request: EditRequest | ValidatedRequest, on_step: StepCallback | None = None,
-             cancel: threading.Event | None = None, preview_every: int = 0) -> EditResult:
+             cancel: threading.Event | None = None, preview_every: int = 0, gate: bool = True) -> EditResult:
         req = request if isinstance(request, ValidatedRequest) else self.validate(request)
+        if gate and self.gate is not None:
+            self.gate.check(req.speed_preset, [a.name for a in req.adapters])
         t0 = time.perf_counter()
         ref = prepare_reference(req.image, req.geometry)
         embeds = self.encode(req, ref.prompt_image)
@@ -80,7 +83,7 @@ class EditEngine:
         with self._adapters(refs):
             reference_latents = self.loop.encode_reference(ref.pixels)
             job = DenoiseJob(embeds.prompt, embeds.negative, reference_latents, req.geometry,
-                             req.num_inference_steps, req.guidance_scale, req.seed)
+                             req.num_inference_steps, req.guidance_scale, req.seed, req.speed_preset)
             latents = self.loop.run(job, on_step=on_step, cancel=cancel, preview_every=preview_every)
         t2 = time.perf_counter()
         pixels = self.loop.decode(latents, req.geometry)

@@ -15,4 +15,5 @@ def request_from_proto(msg: edit_pb2.EditRequest) -> EditRequest:
         height=msg.height, num_inference_steps=msg.num_inference_steps or DEFAULT_STEPS,
         guidance_scale=msg.guidance_scale if msg.HasField("guidance_scale") else DEFAULT_GUIDANCE,
         seed=msg.seed if msg.HasField("seed") else None,
-        adapters=[AdapterRef(a.name, a.scale) for a in msg.adapters], truncate_prompt=msg.truncate_prompt)
+        adapters=[AdapterRef(a.name, a.scale) for a in msg.adapters], truncate_prompt=msg.truncate_prompt,
+        speed_preset=msg.speed_preset)

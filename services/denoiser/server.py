@@ -11,6 +11,7 @@ import torch
 from longcat.adapters import AdapterManager, AdapterStore
 from longcat.conditioning import Geometry
 from longcat.engine.denoise import DenoiseJob, DenoiseLoop
+from longcat.engine.quality_gate import PresetGate
 from longcat.engine.request import Limits
 from longcat.logs import setup_logging
 from longcat.models.loading import DENOISER_COMPONENTS, load_components
@@ -39,6 +40,10 @@ def build_parser(parser=None):
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory for large outputs)")
     p.add_argument("--group-offload", action="store_true",
                    help="keep transformer blocks in CPU memory, stream them to the GPU (fits small GPUs, slower)")
+    p.add_argument("--quality-record", default="",
+                   help="JSON from `longcat quality` for this model: speed presets serve only where recorded")
+    p.add_argument("--min-psnr-db", type=float, default=30.0,
+                   help="refuse a speed preset whose recorded PSNR against exact is below this")
     p.add_argument("--redis-url", default="", help="consume edit jobs from this Redis ('' = gRPC only)")
     p.add_argument("--namespace", default="lc", help="Redis key prefix (as the gateway's)")
     p.add_argument("--encoder", default="127.0.0.1:50061", help="encoder service address for edit jobs")
@@ -77,6 +82,7 @@ def build_backend(args) -> DenoiserBackend:
         adapters=AdapterManager(components.transformer, AdapterStore(root), capacity=args.adapter_cache),
         limits=Limits(max_pixels=args.max_pixels, max_steps=args.max_steps),
         adapter_root=root,
+        gate=PresetGate.from_file(args.quality_record or None, components.transformer, args.min_psnr_db),
     )
 
 

@@ -13,6 +13,7 @@ import torch
 from longcat.adapters import AdapterManager
 from longcat.conditioning import Geometry, reference_pixels, to_pil
 from longcat.engine.denoise import DenoiseJob, DenoiseLoop, StepEvent
+from longcat.engine.quality_gate import PresetGate
 from longcat.engine.request import (
     AdapterRef,
     Limits,
@@ -42,6 +43,11 @@ class DenoiserBackend:
     adapters: AdapterManager
     limits: Limits
     adapter_root: Path | None = None
+    gate: PresetGate | None = None  # which speed presets may serve (longcat.engine.quality_gate)
+
+    def __post_init__(self):
+        if self.gate is None:  # no quality record: only 'exact' serves
+            self.gate = PresetGate(None, "")
 
     @property
     def embed_dim(self) -> int:
@@ -113,6 +119,7 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         guidance = check_guidance(request.guidance_scale, limits)
         seed = resolve_seed(request.seed)
         refs = check_adapters([AdapterRef(a.name, a.scale) for a in request.adapters], limits)
+        preset = backend.gate.check(request.speed_preset, [r.name for r in refs])
         prompt = self._embeds(request.prompt_embeds, "prompt_embeds", backend, required=True)
         negative = self._embeds(request.negative_embeds, "negative_embeds", backend, required=guidance > 1.0)
         if guidance <= 1.0:
@@ -139,7 +146,7 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
                     reference = latents_in if latents_in is not None else \
                         backend.loop.encode_reference(reference_pixels(image, geometry))
                     t1 = time.perf_counter()
-                    job = DenoiseJob(prompt, negative, reference, geometry, steps, guidance, seed)
+                    job = DenoiseJob(prompt, negative, reference, geometry, steps, guidance, seed, preset)
                     latents = backend.loop.run(job, on_step=lambda ev: events.put(("progress", ev)), cancel=cancel,
                                                preview_every=max(0, request.preview_every))
                 t2 = time.perf_counter()

@@ -159,6 +159,7 @@ class EditWorker:
             raise NotFound("the job's request expired before it ran", "job_id")
         msg = edit_pb2.EditRequest.FromString(raw)
         req = validate_request(request_from_proto(msg), self.backend.limits)
+        self.backend.gate.check(req.speed_preset, [a.name for a in req.adapters])  # before any work
         started = time.time()
         deadline = view.deadline
 
@@ -183,7 +184,7 @@ class EditWorker:
             reference = loop.encode_reference(reference_pixels(req.image, req.geometry))
             job = DenoiseJob(enc.prompt_embeds.to(loop.dtype), None if enc.negative_embeds is None else
                              enc.negative_embeds.to(loop.dtype), reference, req.geometry,
-                             req.num_inference_steps, req.guidance_scale, req.seed)
+                             req.num_inference_steps, req.guidance_scale, req.seed, req.speed_preset)
             latents = loop.run(job, on_step=on_step, cancel=cancel, preview_every=max(0, msg.preview_every))
         t_denoised = time.time()
         png = encode_png(to_pil(loop.decode(latents, req.geometry))[0])
