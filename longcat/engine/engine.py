@@ -15,6 +15,7 @@ from PIL import Image
 
 from longcat.conditioning import PromptEncoder, prepare_reference, to_pil
 from longcat.engine.denoise import DenoiseJob, DenoiseLoop, StepCallback
+from longcat.engine.turbo import read_model_defaults
 from longcat.engine.request import EditRequest, Limits, ValidatedRequest, validate_request
 from longcat.models.loading import ALL_COMPONENTS, Components, load_components
 
@@ -44,6 +45,7 @@ class EditEngine:
                                             components.text_encoder)
         self.loop = DenoiseLoop(components.transformer, components.vae, components.scheduler, cfg_batch=cfg_batch)
         self.adapters = adapter_manager
+        self.defaults = read_model_defaults(components.model_path)  # Edit-Turbo: 8 steps, no CFG
         self.gate = None  # a longcat.engine.quality_gate.PresetGate, when speed presets must prove themselves
         self._encode_lock = threading.Lock()
 

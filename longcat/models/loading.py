@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 HUB_MODEL_ID = "meituan-longcat/LongCat-Image-Edit"
 TINY = "tiny"
+TINY_TURBO = "tiny-turbo"  # the tiny Edit-Turbo variant (8 steps, no CFG by its folder's defaults)
 ALL_COMPONENTS = ("scheduler", "vae", "text_encoder", "tokenizer", "text_processor", "transformer")
 ENCODER_COMPONENTS = ("text_encoder", "tokenizer", "text_processor")
 DENOISER_COMPONENTS = ("scheduler", "vae", "transformer")
@@ -36,14 +37,15 @@ def cache_dir() -> Path:
 def resolve_model(model: str | os.PathLike | None) -> str:
     """``tiny`` -> the built-in tiny model (built once into the cache); a folder -> its path; else a hub id."""
     model = str(model or os.environ.get("LONGCAT_MODEL") or TINY)
-    if model == TINY or model.startswith(TINY + ":"):
+    turbo = model == TINY_TURBO or model.startswith(TINY_TURBO + ":")
+    if turbo or model == TINY or model.startswith(TINY + ":"):
         seed = int(model.split(":", 1)[1]) if ":" in model else 0
-        path = cache_dir() / f"tiny-seed{seed}"
+        path = cache_dir() / (f"tiny-turbo-seed{seed}" if turbo else f"tiny-seed{seed}")
         if not (path / "model_index.json").exists():
             from longcat.models.tiny import build_tiny_model
 
             tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            build_tiny_model(tmp, seed=seed)
+            build_tiny_model(tmp, seed=seed, turbo=turbo)
             try:
                 tmp.rename(path)  # atomic: concurrent first uses never see a half-written model
             except OSError:

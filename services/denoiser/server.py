@@ -12,6 +12,7 @@ from longcat.adapters import AdapterManager, AdapterStore
 from longcat.conditioning import Geometry
 from longcat.engine.denoise import DenoiseJob, DenoiseLoop
 from longcat.engine.quality_gate import PresetGate
+from longcat.engine.turbo import read_model_defaults
 from longcat.engine.request import Limits
 from longcat.logs import setup_logging
 from longcat.models.loading import DENOISER_COMPONENTS, load_components
@@ -82,6 +83,7 @@ def build_backend(args) -> DenoiserBackend:
         adapters=AdapterManager(components.transformer, AdapterStore(root), capacity=args.adapter_cache),
         limits=Limits(max_pixels=args.max_pixels, max_steps=args.max_steps),
         adapter_root=root,
+        defaults=read_model_defaults(components.model_path),
         gate=PresetGate.from_file(args.quality_record or None, components.transformer, args.min_psnr_db),
     )
 

@@ -14,6 +14,7 @@ from longcat.adapters import AdapterManager
 from longcat.conditioning import Geometry, reference_pixels, to_pil
 from longcat.engine.denoise import DenoiseJob, DenoiseLoop, StepEvent
 from longcat.engine.quality_gate import PresetGate
+from longcat.engine.turbo import STANDARD, ModelDefaults
 from longcat.engine.request import (
     AdapterRef,
     Limits,
@@ -44,6 +45,7 @@ class DenoiserBackend:
     limits: Limits
     adapter_root: Path | None = None
     gate: PresetGate | None = None  # which speed presets may serve (longcat.engine.quality_gate)
+    defaults: ModelDefaults = STANDARD  # unset steps/guidance of queued edits (Edit-Turbo: 8, no CFG)
 
     def __post_init__(self):
         if self.gate is None:  # no quality record: only 'exact' serves

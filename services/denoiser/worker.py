@@ -158,7 +158,7 @@ class EditWorker:
         if view is None or raw is None:
             raise NotFound("the job's request expired before it ran", "job_id")
         msg = edit_pb2.EditRequest.FromString(raw)
-        req = validate_request(request_from_proto(msg), self.backend.limits)
+        req = validate_request(request_from_proto(msg, self.backend.defaults), self.backend.limits)
         self.backend.gate.check(req.speed_preset, [a.name for a in req.adapters])  # before any work
         started = time.time()
         deadline = view.deadline
