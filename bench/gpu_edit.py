@@ -284,6 +284,7 @@ class Row:
     peak_gib: float | None = None
     diff: float | None = None      # max |pixel difference| against the reference row, pixels in [0, 1]
     diff_ref: str = ""
+    psnr_db: float | None = None   # PSNR of the pixels against the reference row (step caches: vs exact)
     note: str = ""
 
 
@@ -354,6 +355,14 @@ def _timed_once(ctx: Context, run: Callable[[], torch.Tensor], row: Row) -> torc
     return pixels.detach().float().cpu()
 
 
+def _psnr(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
+    from longcat.engine.quality_gate import psnr
+
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    return psnr(a.clamp(0, 1), b.clamp(0, 1))
+
+
 def _diff(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
     if a is None or b is None or a.shape != b.shape:
         return None
@@ -384,12 +393,13 @@ def diffusers_edit(ctx: Context, steps: int, guidance: float) -> torch.Tensor:
     return out.images
 
 
-def ours_edit(ctx: Context, config, steps: int, guidance: float, size: int) -> torch.Tensor:
+def ours_edit(ctx: Context, config, steps: int, guidance: float, size: int, preset: str = "exact") -> torch.Tensor:
     from longcat.engine import EditEngine, EditRequest
 
     engine = EditEngine(ctx.components, cfg_batch=config.cfg_batch)
     result = engine.edit(EditRequest(image=ctx.image, prompt=PROMPT, negative_prompt="", width=size, height=size,
-                                     num_inference_steps=steps, guidance_scale=guidance, seed=ctx.args.seed))
+                                     num_inference_steps=steps, guidance_scale=guidance, seed=ctx.args.seed,
+                                     speed_preset=preset))
     return result.pixels
 
 
@@ -411,7 +421,7 @@ def rebuild_quantized(ctx: Context, config=None) -> None:
 
 
 def measure_config(ctx: Context, row: Row, config, warm_shapes: list[tuple[int, float]] | None = None,
-                   ref: str | None = None) -> torch.Tensor | None:
+                   ref: str | None = None, preset: str = "exact") -> torch.Tensor | None:
     """Apply ``config``, warm up, time one edit of ``row``'s setting, undo. Failures become the row's status."""
     from longcat.engine.levers import LeverUnavailable, apply_speed_config
 
@@ -433,9 +443,10 @@ def measure_config(ctx: Context, row: Row, config, warm_shapes: list[tuple[int, 
             ours_edit(ctx, config, steps, guidance, row.size)
         _sync(ctx.device)
         row.setup_s = time.perf_counter() - t0
-        pixels = timed_edit(ctx, lambda: ours_edit(ctx, config, row.steps, row.guidance, row.size), row)
+        pixels = timed_edit(ctx, lambda: ours_edit(ctx, config, row.steps, row.guidance, row.size, preset), row)
         if ref:
             row.diff, row.diff_ref = _diff(pixels, ctx.pixels.get(ref)), ref
+            row.psnr_db = _psnr(pixels, ctx.pixels.get(ref))
     except torch.OutOfMemoryError:
         row.status = "OOM"
     except Exception as exc:  # noqa: BLE001 - a failing lever is a result, not the end of the run
@@ -501,17 +512,18 @@ def section_main(ctx: Context, report) -> None:
             except torch.OutOfMemoryError:
                 row.status = "OOM"
             report.write()
-    # Ours with the per-device defaults: applied once, warmed up at both shapes (compiles happen here).
+    # Ours with the per-device defaults: applied once, warmed up at both shapes (compiles happen here); then the
+    # step-cache presets on top of them at the full CFG setting (PSNR against the tuned exact edit).
     rows = []
     for name, steps, guidance in settings:
-        rows.append(Row("main", name, impl="ours (tuned)", config=tuned.describe(), size=a.size, steps=steps,
-                        guidance=guidance))
-        report.add(rows[-1])
-    if tuned == default:
-        for row in rows:
-            row.status = "same levers as 'ours' on this device"
-        report.write()
-        return
+        rows.append((Row("main", name, impl="ours (tuned)", config=tuned.describe(), size=a.size, steps=steps,
+                         guidance=guidance), "exact", steps, guidance))
+    name0, steps0, guidance0 = settings[0]
+    for preset in PRESET_ROWS:
+        rows.append((Row("main", name0, impl=f"ours (tuned + {preset})", config=f"{tuned.describe()} + preset {preset}",
+                         size=a.size, steps=steps0, guidance=guidance0), preset, steps0, guidance0))
+    for row, *_ in rows:
+        report.add(row)
     from longcat.engine.levers import LeverUnavailable, apply_speed_config
 
     applied = None
@@ -521,21 +533,26 @@ def section_main(ctx: Context, report) -> None:
         for _, steps, guidance in settings:
             ours_edit(ctx, tuned, 1, guidance, a.size)
         setup = time.perf_counter() - t0
-        for row, (name, steps, guidance) in zip(rows, settings):
+        for row, preset, steps, guidance in rows:
             if "attention_backend" in applied.applied:
-                row.config = f"{tuned.describe()} (backend: {applied.applied['attention_backend']})"
+                row.config = f"{row.config} (backend: {applied.applied['attention_backend']})"
             if ctx.over_budget():
                 row.status = "skipped (time budget)"
                 continue
             row.setup_s = setup
-            pixels = timed_edit(ctx, lambda: ours_edit(ctx, tuned, steps, guidance, a.size), row)
-            row.diff, row.diff_ref = _diff(pixels, ctx.pixels.get(f"diffusers:{name}")), "diffusers"
+            pixels = timed_edit(ctx, lambda: ours_edit(ctx, tuned, steps, guidance, a.size, preset), row)
+            if preset == "exact":
+                ctx.pixels[f"tuned:{row.label}"] = pixels
+                row.diff, row.diff_ref = _diff(pixels, ctx.pixels.get(f"diffusers:{row.label}")), "diffusers"
+            else:
+                exact = ctx.pixels.get(f"tuned:{row.label}")
+                row.diff, row.diff_ref, row.psnr_db = _diff(pixels, exact), "tuned exact", _psnr(pixels, exact)
             report.write()
     except LeverUnavailable as exc:
-        for row in rows:
+        for row, *_ in rows:
             row.status = f"n/a: {exc.reason}"
     except Exception as exc:  # noqa: BLE001
-        for row in rows:
+        for row, *_ in rows:
             if row.edit_s is None:
                 row.status = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
         traceback.print_exc()
@@ -544,6 +561,9 @@ def section_main(ctx: Context, report) -> None:
             applied.undo()
         _cleanup(ctx.device)
     report.write()
+
+
+PRESET_ROWS = ("fast", "taylor")
 
 
 def _speed_levers(ctx: Context) -> list[tuple[str, dict, bool]]:
@@ -557,6 +577,9 @@ def _speed_levers(ctx: Context) -> list[tuple[str, dict, bool]]:
     levers = [("cfg_batch off (two CFG forwards)", dict(cfg_batch=False), False)]
     levers += [(f"attention_backend={b}", dict(attention_backend=b), False) for b in backends]
     levers += [("fuse_qkv", dict(fuse_qkv=True), False),
+               # per-request step caches (diffusers hooks, longcat/engine/caching.py): PSNR vs the exact baseline
+               ("speed_preset=fast (FirstBlockCache)", dict(speed_preset="fast"), False),
+               ("speed_preset=taylor (TaylorSeer)", dict(speed_preset="taylor"), False),
                # irreversible (the transformer is rebuilt after each)
                ("fp8-dynamic (torchao fp8 matmuls)", dict(quantization="fp8-dynamic"), False),
                ("compile (regional, repeated blocks)", dict(compile=True), True),
@@ -580,14 +603,17 @@ def section_levers(ctx: Context, report, expensive: bool = False) -> None:
     for label, changes, costly in _speed_levers(ctx):
         if costly != expensive:
             continue
+        changes = dict(changes)
+        preset = changes.pop("speed_preset", "exact")
         config = SpeedConfig().replace(**changes)
-        row = Row("levers", label, impl="ours", config=config.describe(), size=a.lever_size, steps=a.lever_steps,
-                  guidance=a.guidance)
+        row = Row("levers", label, impl="ours", config=config.describe() + ("" if preset == "exact" else
+                                                                          f" + preset {preset}"),
+                  size=a.lever_size, steps=a.lever_steps, guidance=a.guidance)
         report.add(row)
         if config.compile and ctx.device.type != "cuda" and not a.compile_on_cpu:
             row.status = "skipped: compile on CPU takes ~30 s per shape even at tiny dims (--compile-on-cpu)"
         else:
-            measure_config(ctx, row, config, ref="lever-baseline")
+            measure_config(ctx, row, config, ref="lever-baseline", preset=preset)
         report.write()
 
 
@@ -619,6 +645,127 @@ def section_memory(ctx: Context, report) -> None:
         pixels = measure_config(ctx, row, config, ref=ref if changes else None)
         if not changes and size == s:
             ctx.pixels["memory-baseline"] = pixels
+        report.write()
+
+
+# --- multi-device ---------------------------------------------------------------------------------------------
+
+
+def _parallel_job(dims: Dims, size: int, steps: int, guidance: float, text_tokens: int, dtype, seed: int):
+    from longcat.conditioning import Geometry
+    from longcat.engine.denoise import DenoiseJob
+
+    g = torch.Generator().manual_seed(seed)
+    geometry = Geometry(size, size)
+    dim = dims.transformer["joint_attention_dim"]
+    neg = torch.randn(1, text_tokens, dim, generator=g).to(dtype) if guidance > 1 else None
+    return DenoiseJob(torch.randn(1, text_tokens, dim, generator=g).to(dtype), neg,
+                      torch.randn(1, geometry.image_seq_len, 64, generator=g).to(dtype), geometry, steps, guidance,
+                      seed)
+
+
+def _denoise_loop(transformer, cfg_batch: bool):
+    from longcat.engine.denoise import DenoiseLoop
+    from longcat.models.tiny import _scheduler
+
+    return DenoiseLoop(transformer, None, _scheduler(), cfg_batch=cfg_batch)
+
+
+def _timed_run(loop, job, device) -> tuple[float, torch.Tensor]:
+    _sync(device)
+    t0 = time.perf_counter()
+    out = loop.run(job)
+    _sync(device)
+    return time.perf_counter() - t0, out.float().cpu()
+
+
+def _parallel_rank(rank: int, world: int, port: int, layout: str, tiny: bool, dtype, seed: int, job_args: tuple,
+                   results) -> None:
+    """One rank of a multi-device denoise (spawned): rank 0 times the job, the others follow it."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    import torch.distributed as dist
+
+    try:
+        from longcat.engine.parallel import Parallel, ParallelLayout, follow, init_from_env, stop_followers
+
+        init_from_env()
+        device = torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
+        dims = _tiny_dims() if tiny else REAL
+        loop = _denoise_loop(build_transformer(dims, device, dtype, seed), cfg_batch=False)
+        loop.parallel = Parallel(loop.transformer, ParallelLayout.parse(layout, world))
+        if rank:
+            follow(loop)
+            return
+        job = _parallel_job(dims, *job_args, dtype, seed)
+        loop.run(dataclasses.replace(job, steps=1))  # warm-up (NCCL communicators, kernels)
+        seconds, out = _timed_run(loop, job, device)
+        stop_followers(loop)
+        results.put(("ok", seconds, out.numpy()))
+    except BaseException:  # noqa: BLE001 - reported by the parent
+        results.put(("error", traceback.format_exc()[-2000:], None))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def section_parallel(ctx: Context, report) -> None:
+    """CFG-parallel and Ulysses across the visible GPUs (CPU: 2 gloo ranks), denoise only, vs one device."""
+    import multiprocessing as mp
+    import socket
+
+    a = ctx.args
+    cuda = ctx.device.type == "cuda"
+    world = torch.cuda.device_count() if cuda else 2
+    layouts = ["cfg=2", f"ulysses={world}"] + ([f"cfg=2,ulysses={world // 2}"] if world >= 4 else [])
+    steps, size, text_tokens = a.lever_steps, a.lever_size, a.parallel_text_tokens
+    job_args = (size, steps, a.guidance, text_tokens)
+    base = Row("parallel", "one device (ours, two CFG forwards)", impl="ours", config="1 rank", size=size,
+               steps=steps, guidance=a.guidance)
+    report.add(base)
+    loop = _denoise_loop(ctx.components.transformer, cfg_batch=False)
+    job = _parallel_job(ctx.dims, *job_args, ctx.dtype, a.seed)
+    loop.run(dataclasses.replace(job, steps=1))
+    base.denoise_s, single = _timed_run(loop, job, ctx.device)
+    base.per_step_s = base.denoise_s / steps
+    report.write()
+    for layout in layouts:
+        row = Row("parallel", f"{layout} over {world} {'GPUs' if cuda else 'gloo ranks'}", impl="ours",
+                  config=layout, size=size, steps=steps, guidance=a.guidance)
+        report.add(row)
+        if world < 2:
+            row.status = "n/a: needs 2+ GPUs"
+            continue
+        if ctx.over_budget():
+            row.status = "skipped (time budget)"
+            continue
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        mpc = mp.get_context("spawn")
+        results = mpc.Queue()
+        procs = [mpc.Process(target=_parallel_rank, args=(r, world, port, layout, ctx.dims.name == "tiny", ctx.dtype,
+                                                          a.seed, job_args, results), daemon=True)
+                 for r in range(world)]
+        for p in procs:
+            p.start()
+        try:
+            kind, seconds, out = results.get(timeout=a.parallel_timeout_s)
+            if kind != "ok":
+                row.status = f"failed: {seconds.strip().splitlines()[-1][:160]}"
+                print(seconds, file=sys.stderr)
+            else:
+                row.denoise_s, row.per_step_s = seconds, seconds / steps
+                row.diff, row.diff_ref = float((torch.from_numpy(out) - single).abs().max()), "one device (latents)"
+                row.note = f"{base.denoise_s / seconds:.2f}× vs one device"
+        except Exception as exc:  # noqa: BLE001 - a queue timeout: the ranks hung
+            row.status = f"failed: {type(exc).__name__} (no result in {a.parallel_timeout_s:.0f} s)"
+        finally:
+            for p in procs:
+                p.join(30)
+                if p.is_alive():
+                    p.kill()
         report.write()
 
 
@@ -655,8 +802,8 @@ class Report:
             lines += ["## diffusers vs our engine (same components, inputs and seed)", "",
                       "| setting | implementation | levers | steps | forwards × batch | tokens/forward | per-step s | "
                       "denoise s | whole edit s | MFU denoise | MFU edit | peak GPU GiB | speed-up vs diffusers | "
-                      "max abs Δ px vs diffusers | status |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                      "max abs Δ px vs diffusers (presets: vs tuned exact) | PSNR dB | status |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in main:
                 ref = next((x for x in main if x.label == r.label and x.impl == "diffusers"), None)
                 speedup = ref.edit_s / r.edit_s if ref and ref.edit_s and r.edit_s and r is not ref else None
@@ -664,10 +811,11 @@ class Report:
                              f"{r.tokens or '–'} | {_f(r.per_step_s, '{:.4f}')} | {_f(r.denoise_s, '{:.2f}')} | "
                              f"{_f(r.edit_s, '{:.2f}')} | {_f(r.mfu, '{:.1%}')} | {_f(r.mfu_edit, '{:.1%}')} | "
                              f"{_f(r.peak_gib, '{:.1f}')} | {_f(speedup, '{:.2f}×')} | {_f(r.diff, '{:.1e}')} | "
-                             f"{_c(r.status)} |")
+                             f"{_f(r.psnr_db, '{:.1f}')} | {_c(r.status)} |")
             lines.append("")
         for section, title in (("levers", "Speed levers (ours; each on its own against the baseline)"),
-                               ("memory", "Memory levers (ours; the quickstart's OOM advice)")):
+                               ("memory", "Memory levers (ours; the quickstart's OOM advice)"),
+                               ("parallel", "One denoiser across devices (denoise only; Δ = latents vs one device)")):
             rows = self._rows(section)
             if not rows:
                 continue
@@ -676,15 +824,15 @@ class Report:
                       f"{base.steps} steps, CFG {base.guidance:g}, {base.size}×{base.size} unless the lever says "
                       "otherwise; setup = applying the lever + one warm-up edit (compiles happen there).", "",
                       "| lever | config | size | per-step s | vs baseline | whole edit s | MFU denoise | "
-                      "peak GPU GiB | vs baseline | setup s | max abs Δ px vs baseline | status | note |",
-                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                      "peak GPU GiB | vs baseline | setup s | max abs Δ px vs baseline | PSNR dB | status | note |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in rows:
                 speed = base.per_step_s / r.per_step_s if base.per_step_s and r.per_step_s else None
                 mem = r.peak_gib / base.peak_gib if base.peak_gib and r.peak_gib else None
                 lines.append(f"| {_c(r.label)} | {_c(r.config)} | {r.size} | {_f(r.per_step_s, '{:.4f}')} | "
                              f"{_f(speed, '{:.2f}× speed')} | {_f(r.edit_s, '{:.2f}')} | {_f(r.mfu, '{:.1%}')} | "
                              f"{_f(r.peak_gib, '{:.1f}')} | {_f(mem, '{:.2f}× mem')} | {_f(r.setup_s, '{:.1f}')} | "
-                             f"{_f(r.diff, '{:.1e}')} | {_c(r.status)} | {_c(r.note)} |")
+                             f"{_f(r.diff, '{:.1e}')} | {_f(r.psnr_db, '{:.1f}')} | {_c(r.status)} | {_c(r.note)} |")
             lines.append("")
         return "\n".join(lines)
 
@@ -719,18 +867,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--turbo-steps", type=int, default=8)
     p.add_argument("--lever-steps", type=int, default=None, help="steps per lever row (default 5; tiny 2)")
     p.add_argument("--lever-size", type=int, default=None, help="side for lever rows (default --size; tiny 256)")
-    p.add_argument("--sections", default="main,levers,memory")
+    p.add_argument("--sections", default="main,levers,memory,parallel")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1, help="timed edits per row; the fastest is kept")
     p.add_argument("--budget-s", type=float, default=450.0,
                    help="rows that would start after this many seconds are skipped (0 = no limit)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak, for MFU")
     p.add_argument("--compile-on-cpu", action="store_true")
+    p.add_argument("--parallel-text-tokens", type=int, default=None,
+                   help="prompt tokens of the parallel rows' random embeddings (default 838 real, 15 tiny)")
+    p.add_argument("--parallel-timeout-s", type=float, default=600.0)
     args = p.parse_args(argv)
     if args.lever_steps is None:
         args.lever_steps = 2 if args.tiny else 5
     if args.lever_size is None:
         args.lever_size = 256 if args.tiny else args.size
+    if args.parallel_text_tokens is None:
+        args.parallel_text_tokens = 15 if args.tiny else 838
     return args
 
 
@@ -784,12 +937,13 @@ def main(argv=None) -> int:
     report = Report(ctx, Path(args.out), Path(args.json) if args.json else Path(args.out).with_suffix(".json"))
     report.write()
     wanted = {name.strip() for name in args.sections.split(",")}
-    unknown = wanted - {"main", "levers", "memory"}
+    unknown = wanted - {"main", "levers", "memory", "parallel"}
     if unknown:
         raise SystemExit(f"unknown sections: {', '.join(sorted(unknown))}")
     # Run order: the comparison, cheap levers, memory, then the levers that compile or quantize.
     plan = [("main", section_main, {}), ("levers", section_levers, {"expensive": False}),
-            ("memory", section_memory, {}), ("levers", section_levers, {"expensive": True})]
+            ("memory", section_memory, {}), ("levers", section_levers, {"expensive": True}),
+            ("parallel", section_parallel, {})]
     for name, run, kwargs in plan:
         if name not in wanted:
             continue

@@ -81,6 +81,17 @@ def test_bench_runs_at_tiny_dims_on_cpu_and_writes_the_table(tmp_path):
     assert memory["model_cpu_offload (text encoder, transformer)"]["diff"] == 0.0
     assert memory["int8-quanto (transformer + text encoder)"]["status"] == "ok"
     assert "## Speed levers" in table and "## Memory levers" in table
+    # Step-cache presets: a row each, with PSNR against exact (levers: the baseline; main: the tuned exact edit).
+    for preset in ("fast", "taylor"):
+        lever = next(r for label, r in levers.items() if label.startswith(f"speed_preset={preset}"))
+        assert lever["status"] == "ok" and lever["psnr_db"] is not None and lever["psnr_db"] > 40, lever
+        tuned = next(r for r in main if r["impl"] == f"ours (tuned + {preset})")
+        assert tuned["status"] == "ok" and tuned["psnr_db"] > 40, tuned
+    # One denoiser across 2 gloo ranks: CFG-parallel and Ulysses equal one device (fp32 latents).
+    parallel = {r["config"]: r for r in rows if r["section"] == "parallel"}
+    for layout in ("cfg=2", "ulysses=2"):
+        assert parallel[layout]["status"] == "ok" and parallel[layout]["diff"] <= 1e-4, parallel[layout]
+    assert "## One denoiser across devices" in table
 
 
 def test_real_dims_shapes_token_count_and_flops():

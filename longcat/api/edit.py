@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from longcat.api.presets import check_preset
 from longcat.api.sizes import DEFAULT_AREA, Geometry, check_size, default_size
 from longcat.errors import InvalidArgument
 from longcat.images import DEFAULT_MAX_INPUT_PIXELS, decode_image, to_rgb
@@ -45,6 +46,7 @@ class EditRequest:
     seed: int | None = None          # None = pick one (reported back)
     adapters: list[AdapterRef] = field(default_factory=list)
     truncate_prompt: bool = False    # over-long prompts: error (default) or truncate with a warning
+    speed_preset: str = "exact"      # a step-cache preset (longcat.engine.caching.PRESETS)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class ValidatedRequest:
     seed: int
     adapters: list[AdapterRef]
     truncate_prompt: bool
+    speed_preset: str = "exact"
 
     @property
     def do_cfg(self) -> bool:
@@ -135,8 +138,9 @@ def validate_request(req: EditRequest, limits: Limits = Limits()) -> ValidatedRe
     guidance = check_guidance(req.guidance_scale, limits)
     seed = resolve_seed(req.seed)
     adapters = check_adapters(req.adapters, limits)
+    preset = check_preset(req.speed_preset)
     image = resolve_image(req.image, limits)
     geometry = resolve_geometry(req.width, req.height, image.size, limits)
     return ValidatedRequest(image=image, prompt=prompt, negative_prompt=negative, geometry=geometry,
                             num_inference_steps=steps, guidance_scale=guidance, seed=seed, adapters=adapters,
-                            truncate_prompt=bool(req.truncate_prompt))
+                            truncate_prompt=bool(req.truncate_prompt), speed_preset=preset)

@@ -7,10 +7,20 @@ import os
 from pathlib import Path
 
 TINY = "tiny"
+TINY_TURBO = "tiny-turbo"  # the tiny Edit-Turbo variant (8 steps, no CFG by its folder's defaults)
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("LONGCAT_CACHE", Path.home() / ".cache" / "longcat"))
+
+
+def is_tiny(model: str) -> bool:
+    """``tiny``, ``tiny:<seed>``, ``tiny-turbo`` or ``tiny-turbo:<seed>``: a built-in tiny model."""
+    return model.split(":", 1)[0] in (TINY, TINY_TURBO)
+
+
+def is_tiny_turbo(model: str) -> bool:
+    return model.split(":", 1)[0] == TINY_TURBO
 
 
 def tiny_seed(model: str) -> int:
@@ -18,5 +28,6 @@ def tiny_seed(model: str) -> int:
 
 
 def tiny_dir(model: str = TINY) -> Path:
-    """``tiny`` / ``tiny:<seed>`` -> the folder the tiny model is built into (once)."""
-    return cache_dir() / f"tiny-seed{tiny_seed(model)}"
+    """A tiny model name -> the folder it is built into (once)."""
+    kind = "tiny-turbo" if is_tiny_turbo(model) else "tiny"
+    return cache_dir() / f"{kind}-seed{tiny_seed(model)}"

@@ -89,9 +89,9 @@ class PromptTokenizer:
 
 def tokenizer_file(model: str) -> Path:
     """A model folder (or ``tiny``, once built) -> its ``tokenizer.json``; a hub id -> downloaded (HF cache)."""
-    from longcat.api.models import TINY, tiny_dir
+    from longcat.api.models import is_tiny, tiny_dir
 
-    if model == TINY or model.startswith(TINY + ":"):
+    if is_tiny(model):
         folder = tiny_dir(model)
         if not (folder / TOKENIZER_FILE).is_file():
             raise NotFound(f"the tiny model is not built yet at {folder} (run `longcat tiny`, or start a model "

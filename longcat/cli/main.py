@@ -12,7 +12,7 @@ from longcat.errors import Cancelled, InvalidArgument, LongCatError, NotFound
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_CANCELLED = 0, 1, 2, 3, 130
 EXIT_UNAVAILABLE, EXIT_UNAUTHENTICATED = 4, 5
 
-COMMANDS = ("tiny", "edit", "serve", "up", "train", "validate", "jobs", "adapters")
+COMMANDS = ("tiny", "edit", "serve", "up", "train", "validate", "jobs", "adapters", "quality")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ from longcat.conditioning import (
     text_position_ids,
     unpack_latents,
 )
+from longcat.engine.caching import EXACT, branch_context, step_cache
 from longcat.engine.levers import execution_device
 from longcat.errors import Cancelled
 
@@ -58,6 +59,7 @@ class DenoiseJob:
     steps: int
     guidance_scale: float
     seed: int
+    speed_preset: str = EXACT                   # a step-cache preset (longcat.engine.caching), for this run only
 
 
 class DenoiseLoop:
@@ -68,6 +70,7 @@ class DenoiseLoop:
         self.vae = vae
         self.scheduler = scheduler
         self.cfg_batch = cfg_batch  # CFG as one batch-2 forward (faster; twice the activation memory)
+        self.parallel = None  # a longcat.engine.parallel.Parallel when this loop spans several devices
         self.lock = threading.RLock()
 
     @property
@@ -100,7 +103,9 @@ class DenoiseLoop:
     def run(self, job: DenoiseJob, on_step: StepCallback | None = None, cancel: threading.Event | None = None,
             preview_every: int = 0, preview_max_side: int = 128) -> torch.Tensor:
         """Denoise from seeded noise to packed latents; raises :class:`Cancelled` between steps when asked."""
-        with self.lock:
+        with self.lock, step_cache(self.transformer, job.speed_preset, job.steps):
+            if self.parallel is not None and self.parallel.is_leader:
+                self.parallel.share_job(job)  # the followers run the same job in lockstep
             return self._run(job, on_step, cancel, preview_every, preview_max_side)
 
     def _run(self, job, on_step, cancel, preview_every, preview_max_side):
@@ -118,26 +123,42 @@ class DenoiseLoop:
         reference = job.reference_latents.to(device, dtype)
         latents = self.initial_noise(geometry, job.seed, dtype)
 
-        batched = do_cfg and self.cfg_batch
+        parallel = self.parallel
+        cfg_split = parallel is not None and parallel.layout.cfg == 2 and do_cfg
+        batched = do_cfg and self.cfg_batch and not cfg_split
         if batched:
             embeds = torch.cat([cond, job.negative_embeds.to(device)])
             reference_in = reference.expand(2, -1, -1)
 
         start = time.perf_counter()
         for i, t in enumerate(timesteps):
-            if cancel is not None and cancel.is_set():
+            stop = cancel is not None and cancel.is_set()
+            if parallel is not None:  # every rank takes the leader's decision
+                stop = not parallel.agree_continue(stop)
+            if stop:
                 raise Cancelled(f"cancelled before step {i + 1} of {len(timesteps)}")
             sigma = t.expand(1).to(dtype) / 1000
-            if batched:
-                v = predict_velocity(self.transformer, latents.expand(2, -1, -1), reference_in, embeds,
-                                     text_ids, image_ids, sigma.expand(2))
+            if cfg_split:
+                def branch(embeds_, name=("cond", "uncond")[parallel.cfg_rank]):
+                    with branch_context(self.transformer, name):
+                        return predict_velocity(self.transformer, latents, reference, embeds_, text_ids, image_ids,
+                                                sigma)
+
+                v_cond, v_uncond = parallel.cfg_velocities(branch, cond, job.negative_embeds.to(device))
+                v = v_uncond + job.guidance_scale * (v_cond - v_uncond)
+            elif batched:
+                with branch_context(self.transformer, "cfg"):
+                    v = predict_velocity(self.transformer, latents.expand(2, -1, -1), reference_in, embeds,
+                                         text_ids, image_ids, sigma.expand(2))
                 v_cond, v_uncond = v.chunk(2)
                 v = v_uncond + job.guidance_scale * (v_cond - v_uncond)
             else:
-                v = predict_velocity(self.transformer, latents, reference, cond, text_ids, image_ids, sigma)
+                with branch_context(self.transformer, "cond"):
+                    v = predict_velocity(self.transformer, latents, reference, cond, text_ids, image_ids, sigma)
                 if do_cfg:
-                    v_uncond = predict_velocity(self.transformer, latents, reference, job.negative_embeds.to(device),
-                                                text_ids, image_ids, sigma)
+                    with branch_context(self.transformer, "uncond"):
+                        v_uncond = predict_velocity(self.transformer, latents, reference,
+                                                    job.negative_embeds.to(device), text_ids, image_ids, sigma)
                     v = v_uncond + job.guidance_scale * (v - v_uncond)
             noisy = latents
             latents = scheduler.step(v, t, latents, return_dict=False)[0]
@@ -147,8 +168,13 @@ class DenoiseLoop:
                 preview = None
                 if preview_every and (done % preview_every == 0 or done == len(timesteps)):
                     preview = self._preview(noisy - sigma * v, geometry, preview_max_side)
-                on_step(StepEvent(step=done, total=len(timesteps), elapsed_s=elapsed,
-                                  eta_s=elapsed / done * (len(timesteps) - done), preview=preview))
+                try:
+                    on_step(StepEvent(step=done, total=len(timesteps), elapsed_s=elapsed,
+                                      eta_s=elapsed / done * (len(timesteps) - done), preview=preview))
+                except BaseException:
+                    if parallel is not None and done < len(timesteps):
+                        parallel.agree_continue(True)  # the followers wait at the next step: stop them too
+                    raise
         return latents
 
     def _preview(self, x0: torch.Tensor, geometry: Geometry, max_side: int) -> torch.Tensor:

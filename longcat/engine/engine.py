@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from longcat.api.edit import EditRequest, Limits, ValidatedRequest, validate_request
+from longcat.api.model_defaults import read_model_defaults
 from longcat.conditioning import PromptEncoder, prepare_reference, to_pil
 from longcat.engine.denoise import DenoiseLoop, StepCallback
 from longcat.engine.stage import StageRequest, run_denoise_stage
@@ -45,6 +46,8 @@ class EditEngine:
                                             components.text_encoder)
         self.loop = DenoiseLoop(components.transformer, components.vae, components.scheduler, cfg_batch=cfg_batch)
         self.adapters = adapter_manager
+        self.defaults = read_model_defaults(components.model_path)  # Edit-Turbo: 8 steps, no CFG
+        self.gate = None  # a longcat.engine.quality_gate.PresetGate, when speed presets must prove themselves
         self._encode_lock = threading.Lock()
 
     @classmethod
@@ -71,15 +74,18 @@ class EditEngine:
         return PromptEmbeddings(prompt, negative)
 
     def edit(self, request: EditRequest | ValidatedRequest, on_step: StepCallback | None = None,
-             cancel: threading.Event | None = None, preview_every: int = 0) -> EditResult:
+             cancel: threading.Event | None = None, preview_every: int = 0, gate: bool = True) -> EditResult:
         req = request if isinstance(request, ValidatedRequest) else self.validate(request)
+        if gate and self.gate is not None:
+            self.gate.check(req.speed_preset, [a.name for a in req.adapters])
         t0 = time.perf_counter()
         ref = prepare_reference(req.image, req.geometry)
         embeds = self.encode(req, ref.prompt_image)
         t1 = time.perf_counter()
         stage = run_denoise_stage(self.loop, self.adapters, StageRequest(
             embeds.prompt, embeds.negative, req.geometry, req.num_inference_steps, req.guidance_scale, req.seed,
-            reference=ref.pixels, adapters=[(a.name, a.scale) for a in req.adapters]),
+            reference=ref.pixels, adapters=[(a.name, a.scale) for a in req.adapters],
+            speed_preset=req.speed_preset),
             on_step=on_step, cancel=cancel, preview_every=preview_every)
         pixels, t = stage.pixels, stage.timings
         t3 = time.perf_counter()

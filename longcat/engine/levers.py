@@ -76,7 +76,11 @@ class SpeedConfig:
     def for_device(cls, device: str | torch.device, adapters: bool = False) -> "SpeedConfig":
         """Sane defaults. CPU: only batch-2 CFG. CUDA: batch-2 CFG, the fastest attention backend that runs and,
         when no LoRA adapters will be served (``adapters=False``), regional compile and fused QKV. Quantization,
-        offloading and tiling change numerics or trade speed for memory: opt-in only."""
+        offloading and tiling change numerics or trade speed for memory: opt-in only.
+
+        Batch-2 CFG on CPU is what the bench measured faster here (tiny dims, 1024², CFG 4.5, 3 steps, fastest of
+        3 interleaved runs: 1.86 s/step batch-2 vs 2.52 s/step as two batch-1 forwards; ``bench/README.md``).
+        Per-request step caches are not levers of this config: see :mod:`longcat.engine.caching`."""
         device = torch.device(device)
         if device.type != "cuda":
             return cls(cfg_batch=True)

@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from longcat.api.presets import EXACT
 from longcat.api.sizes import Geometry
 from longcat.conditioning import reference_pixels
 from longcat.engine.denoise import DenoiseJob, DenoiseLoop, StepCallback
@@ -35,6 +36,7 @@ class StageRequest:
     reference_latents: torch.Tensor | None = None
     reference: torch.Tensor | None = None      # or the reference already resized to pixels in [-1, 1]
     adapters: Sequence[tuple[str, float]] = ()
+    speed_preset: str = EXACT                  # a step-cache preset, applied for this run only
 
 
 @dataclass
@@ -57,7 +59,7 @@ def run_denoise_stage(loop: DenoiseLoop, adapters, req: StageRequest, *, on_step
         t1 = time.perf_counter()
         negative = None if req.negative_embeds is None else req.negative_embeds.to(loop.dtype)
         job = DenoiseJob(req.prompt_embeds.to(loop.dtype), negative, reference, req.geometry,
-                         req.num_inference_steps, req.guidance_scale, req.seed)
+                         req.num_inference_steps, req.guidance_scale, req.seed, req.speed_preset)
         latents = loop.run(job, on_step=on_step, cancel=cancel, preview_every=preview_every)
     t2 = time.perf_counter()
     pixels = loop.decode(latents, req.geometry) if decode else None

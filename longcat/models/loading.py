@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 import torch
 
-from longcat.api.models import TINY, cache_dir, tiny_dir, tiny_seed  # noqa: F401 (cache_dir: re-exported)
+from longcat.api.models import TINY, TINY_TURBO, cache_dir, is_tiny, is_tiny_turbo, tiny_dir, tiny_seed  # noqa: F401 (re-exported)
 from longcat.errors import InvalidArgument, NotFound
 from longcat.models.precision import Precision, quantize_module, resolve_precision
 
@@ -32,13 +32,13 @@ QUANTIZED_COMPONENTS = ("transformer", "text_encoder")
 def resolve_model(model: str | os.PathLike | None) -> str:
     """``tiny`` -> the built-in tiny model (built once into the cache); a folder -> its path; else a hub id."""
     model = str(model or os.environ.get("LONGCAT_MODEL") or TINY)
-    if model == TINY or model.startswith(TINY + ":"):
-        seed, path = tiny_seed(model), tiny_dir(model)
+    if is_tiny(model):
+        seed, path, turbo = tiny_seed(model), tiny_dir(model), is_tiny_turbo(model)
         if not (path / "model_index.json").exists():
             from longcat.models.tiny import build_tiny_model
 
             tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-            build_tiny_model(tmp, seed=seed)
+            build_tiny_model(tmp, seed=seed, turbo=turbo)
             try:
                 tmp.rename(path)  # atomic: concurrent first uses never see a half-written model
             except OSError:

@@ -188,8 +188,9 @@ MODEL_INDEX = {
 }
 
 
-def build_tiny_model(out: str | os.PathLike, seed: int = 0) -> Path:
-    """Write a tiny random LongCat-Image-Edit in diffusers format to ``out`` and return its path."""
+def build_tiny_model(out: str | os.PathLike, seed: int = 0, turbo: bool = False) -> Path:
+    """Write a tiny random LongCat-Image-Edit in diffusers format to ``out`` and return its path.
+    ``turbo``: the Edit-Turbo variant (same architecture; its folder says 8 steps, no CFG)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(seed)
@@ -203,6 +204,10 @@ def build_tiny_model(out: str | os.PathLike, seed: int = 0) -> Path:
     index = dict(MODEL_INDEX, _diffusers_version=_diffusers_version())
     (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     (out / "TINY_MODEL").write_text(f"seed={seed}\n")
+    if turbo:
+        from longcat.api.model_defaults import TURBO, write_model_defaults
+
+        write_model_defaults(out, TURBO)
     return out
 
 

@@ -10,8 +10,10 @@ import torch
 
 from longcat.adapters import AdapterManager, AdapterStore
 from longcat.api.edit import Limits
+from longcat.api.model_defaults import read_model_defaults
 from longcat.conditioning import Geometry
 from longcat.engine.denoise import DenoiseJob, DenoiseLoop
+from longcat.engine.quality_gate import PresetGate
 from longcat.logs import setup_logging
 from longcat.models.loading import DENOISER_COMPONENTS, load_components
 from longcat.rpc.config import EnvDefaults, add_model_args, add_server_args
@@ -39,6 +41,13 @@ def build_parser(parser=None):
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (less memory for large outputs)")
     p.add_argument("--group-offload", action="store_true",
                    help="keep transformer blocks in CPU memory, stream them to the GPU (fits small GPUs, slower)")
+    p.add_argument("--parallel", default="auto",
+                   help="under torchrun with N ranks: how they split each denoise, e.g. cfg=2,ulysses=2 "
+                        "('auto' = CFG-parallel, then Ulysses); rank 0 serves, the others follow")
+    p.add_argument("--quality-record", default="",
+                   help="JSON from `longcat quality` for this model: speed presets serve only where recorded")
+    p.add_argument("--min-psnr-db", type=float, default=30.0,
+                   help="refuse a speed preset whose recorded PSNR against exact is below this")
     p.add_argument("--redis-url", default="", help="consume edit jobs from this Redis ('' = gRPC only)")
     p.add_argument("--namespace", default="lc", help="Redis key prefix (as the gateway's)")
     p.add_argument("--encoder", default="127.0.0.1:50061", help="encoder service address for edit jobs")
@@ -77,11 +86,42 @@ def build_backend(args) -> DenoiserBackend:
         adapters=AdapterManager(components.transformer, AdapterStore(root), capacity=args.adapter_cache),
         limits=Limits(max_pixels=args.max_pixels, max_steps=args.max_steps),
         adapter_root=root,
+        defaults=read_model_defaults(components.model_path),
+        gate=PresetGate.from_file(args.quality_record or None, components.transformer, args.min_psnr_db),
     )
+
+
+def join_ranks(args):
+    """Under torchrun (WORLD_SIZE > 1): join the process group; (rank, world). One process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    from longcat.engine.parallel import init_from_env
+
+    rank, world = init_from_env()
+    if args.device in (None, "", "auto", "cuda") and torch.cuda.is_available():
+        args.device = f"cuda:{torch.cuda.current_device()}"
+    return rank, world
+
+
+def attach_parallel(args, backend: DenoiserBackend, world: int) -> None:
+    from longcat.engine.parallel import Parallel, ParallelLayout
+
+    layout = ParallelLayout.parse(args.parallel, world)
+    backend.loop.parallel = Parallel(backend.loop.transformer, layout)
+    log.info("denoiser spans ranks", extra={"world": world, "cfg": layout.cfg, "ulysses": layout.ulysses})
 
 
 def serve(args) -> None:
     setup_logging(args.log_level)
+    rank, world = join_ranks(args)
+    if rank != 0:  # a follower: no server, runs what rank 0 shares until it shuts down
+        from longcat.engine.parallel import follow
+
+        backend = build_backend(args)
+        attach_parallel(args, backend, world)
+        follow(backend.loop)
+        return
     serve_metrics(args.metrics_port)
     servicer = DenoiserServicer()
     server = GrpcServer([SERVICE], args.host, args.port, args.max_message_mb, args.threads)
@@ -91,6 +131,8 @@ def serve(args) -> None:
     server.install_signal_handlers(args.grace_s, on_signal=lambda: [w.stop() for w in workers])
     server.start()  # health answers NOT_SERVING while the model loads
     backend = build_backend(args)
+    if world > 1:
+        attach_parallel(args, backend, world)
     warm_up(backend)
     servicer.backend = backend
     if args.redis_url:
@@ -99,6 +141,10 @@ def serve(args) -> None:
     server.wait()
     for worker in workers:
         worker.idle.wait(args.grace_s)  # finish the job in hand; past the grace it is reclaimed elsewhere
+    if world > 1:
+        from longcat.engine.parallel import stop_followers
+
+        stop_followers(backend.loop)
 
 
 def start_worker(args, backend: DenoiserBackend):

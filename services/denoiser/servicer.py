@@ -21,9 +21,11 @@ from longcat.api.edit import (
     resolve_image,
     resolve_seed,
 )
+from longcat.api.model_defaults import STANDARD, ModelDefaults
 from longcat.conditioning import Geometry, reference_pixels, to_pil
 from longcat.conditioning.geometry import check_size
 from longcat.engine.denoise import DenoiseLoop, StepEvent
+from longcat.engine.quality_gate import PresetGate
 from longcat.engine.stage import StageRequest, run_denoise_stage
 from longcat.errors import InvalidArgument, Unavailable
 from longcat.images import encode_png
@@ -42,6 +44,12 @@ class DenoiserBackend:
     adapters: AdapterManager
     limits: Limits
     adapter_root: Path | None = None
+    gate: PresetGate | None = None  # which speed presets may serve (longcat.engine.quality_gate)
+    defaults: ModelDefaults = STANDARD  # unset steps/guidance of queued edits (Edit-Turbo: 8, no CFG)
+
+    def __post_init__(self):
+        if self.gate is None:  # no quality record: only 'exact' serves
+            self.gate = PresetGate(None, "")
 
     @property
     def embed_dim(self) -> int:
@@ -113,6 +121,7 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
         guidance = check_guidance(request.guidance_scale, limits)
         seed = resolve_seed(request.seed)
         refs = check_adapters([AdapterRef(a.name, a.scale) for a in request.adapters], limits)
+        preset = backend.gate.check(request.speed_preset, [r.name for r in refs])
         prompt = self._embeds(request.prompt_embeds, "prompt_embeds", backend, required=True)
         negative = self._embeds(request.negative_embeds, "negative_embeds", backend, required=guidance > 1.0)
         if guidance <= 1.0:
@@ -137,7 +146,7 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
                 t0 = time.perf_counter()
                 stage = run_denoise_stage(backend.loop, backend.adapters, StageRequest(
                     prompt, negative, geometry, steps, guidance, seed, image=image, reference_latents=latents_in,
-                    adapters=[(r.name, r.scale) for r in refs]),
+                    adapters=[(r.name, r.scale) for r in refs], speed_preset=preset),
                     on_step=lambda ev: events.put(("progress", ev)), cancel=cancel,
                     preview_every=max(0, request.preview_every), decode=not request.return_latents)
                 latents, t = stage.latents, stage.timings

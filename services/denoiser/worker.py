@@ -160,7 +160,8 @@ class EditWorker:
         if view is None or raw is None:
             raise NotFound("the job's request expired before it ran", "job_id")
         msg = edit_pb2.EditRequest.FromString(raw)
-        req = validate_request(request_from_proto(msg), self.backend.limits)
+        req = validate_request(request_from_proto(msg, self.backend.defaults), self.backend.limits)
+        self.backend.gate.check(req.speed_preset, [a.name for a in req.adapters])  # before any work
         started = time.time()
         deadline = view.deadline
 
@@ -182,7 +183,8 @@ class EditWorker:
 
         stage = run_denoise_stage(self.backend.loop, self.backend.adapters, StageRequest(
             enc.prompt_embeds, enc.negative_embeds, req.geometry, req.num_inference_steps, req.guidance_scale,
-            req.seed, image=req.image, adapters=[(a.name, a.scale) for a in req.adapters]),
+            req.seed, image=req.image, adapters=[(a.name, a.scale) for a in req.adapters],
+            speed_preset=req.speed_preset),
             on_step=on_step, cancel=cancel, preview_every=max(0, msg.preview_every))
         t_denoised = time.time() - stage.timings["decode_s"]
         png = encode_png(to_pil(stage.pixels)[0])
