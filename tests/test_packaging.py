@@ -113,3 +113,17 @@ def test_plain_pip_install_gives_a_working_cli_and_client(stack, tmp_path):
     finally:
         gw.terminate()
         gw.wait(30)
+
+
+def test_gateway_settings_are_typed_and_cover_every_flag(monkeypatch):
+    """Every flag of the gateway lands in its typed settings, with the flag's type (env values included)."""
+    from dataclasses import fields
+
+    from services.gateway.server import GatewaySettings, build_parser
+
+    monkeypatch.setenv("LONGCAT_MAX_QUEUE", "7")
+    parser = build_parser()
+    flags = {a.dest for a in parser._actions if a.option_strings and a.dest != "help"}
+    assert flags == {f.name for f in fields(GatewaySettings)}
+    settings = GatewaySettings.from_args(parser.parse_args(["--grace-s", "2.5"]))
+    assert settings.max_queue == 7 and settings.grace_s == 2.5 and isinstance(settings.port, int)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass, fields
 
 from grpc_health.v1 import health_pb2
 
@@ -55,6 +56,36 @@ def build_parser(parser=None):
     return p
 
 
+@dataclass(frozen=True)
+class GatewaySettings:
+    """The gateway's configuration, typed: built once from the flags and LONGCAT_* variables (a bad value has
+    already exited 2 naming it, in the parser); the rest of the gateway reads only this."""
+
+    host: str
+    port: int
+    metrics_port: int
+    max_message_mb: int
+    grace_s: float
+    threads: int
+    log_level: str
+    redis_url: str
+    namespace: str
+    adapter_dir: str
+    result_ttl_s: int
+    model: str
+    api_keys_file: str
+    max_queue: int
+    max_pixels: int
+    max_steps: int
+    data_root: str
+    output_root: str
+    max_upload_mb: int
+
+    @classmethod
+    def from_args(cls, args) -> "GatewaySettings":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
 def monitor_redis(client, server: GrpcServer, stop: threading.Event, period_s: float = 2.0) -> None:
     """Readiness follows Redis: without it the gateway can only answer UNAVAILABLE."""
     serving = None
@@ -92,7 +123,7 @@ def training_dispatch(redis_url: str):
     return dispatch
 
 
-def serve(args) -> None:
+def serve(args: GatewaySettings) -> None:
     import os
 
     setup_logging(args.log_level)
@@ -126,4 +157,4 @@ def serve(args) -> None:
 
 
 def main(argv=None) -> None:
-    serve(build_parser().parse_args(argv))
+    serve(GatewaySettings.from_args(build_parser().parse_args(argv)))
