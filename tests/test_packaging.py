@@ -115,15 +115,22 @@ def test_plain_pip_install_gives_a_working_cli_and_client(stack, tmp_path):
         gw.wait(30)
 
 
-def test_gateway_settings_are_typed_and_cover_every_flag(monkeypatch):
-    """Every flag of the gateway lands in its typed settings, with the flag's type (env values included)."""
-    from dataclasses import fields
+SERVICE_SETTINGS = [("gateway", "GatewaySettings"), ("encoder", "EncoderSettings"),
+                    ("denoiser", "DenoiserSettings"), ("trainer", "TrainerSettings")]
 
-    from services.gateway.server import GatewaySettings, build_parser
 
-    monkeypatch.setenv("LONGCAT_MAX_QUEUE", "7")
-    parser = build_parser()
-    flags = {a.dest for a in parser._actions if a.option_strings and a.dest != "help"}
-    assert flags == {f.name for f in fields(GatewaySettings)}
-    settings = GatewaySettings.from_args(parser.parse_args(["--grace-s", "2.5"]))
-    assert settings.max_queue == 7 and settings.grace_s == 2.5 and isinstance(settings.port, int)
+@pytest.mark.parametrize("service,settings_name", SERVICE_SETTINGS)
+def test_service_settings_are_typed_and_cover_every_flag(monkeypatch, service, settings_name):
+    """Every flag of every service lands in its typed settings, with the flag's type (env values included)."""
+    import importlib
+
+    from longcat.rpc.config import settings_cover_parser
+
+    module = importlib.import_module(f"services.{service}.server")
+    settings_cls, parser_of = getattr(module, settings_name), module.build_parser
+    assert settings_cover_parser(settings_cls, parser_of()) == set()
+    monkeypatch.setenv("LONGCAT_THREADS", "7")
+    settings = settings_cls.from_args(parser_of().parse_args(["--grace-s", "2.5"]))
+    assert settings.threads == 7 and settings.grace_s == 2.5 and isinstance(settings.port, int)
+    with pytest.raises(Exception):  # frozen: the rest of the service cannot change its configuration
+        settings.port = 1

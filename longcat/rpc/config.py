@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass, fields
 
 ENV_PREFIX = "LONGCAT_"
 
@@ -72,3 +73,40 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", help="fp32, bf16, fp16, int8-quanto, fp8-torchao")
     p.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest output (width x height)")
     p.add_argument("--max-steps", type=int, default=200, help="most denoising steps a request may ask for")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What every service's gRPC server takes (``add_server_args``), typed. A service's settings class extends
+    this with its own flags; ``from_args`` builds it once from the parsed flags and LONGCAT_* variables (a bad
+    value has already exited 2 naming it, in the parser), and the rest of the service reads only the settings."""
+
+    host: str
+    port: int
+    metrics_port: int
+    max_message_mb: int
+    grace_s: float
+    threads: int
+    log_level: str
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace):
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class ModelServerSettings(ServerSettings):
+    """A service that hosts model components (``add_model_args``)."""
+
+    model: str
+    device: str
+    precision: str
+    max_pixels: int
+    max_steps: int
+
+
+def settings_cover_parser(settings_cls, parser: argparse.ArgumentParser) -> set[str]:
+    """Flags of ``parser`` that ``settings_cls`` lacks, and fields it has that no flag sets (both empty: typed
+    settings and flags agree)."""
+    flags = {a.dest for a in parser._actions if a.option_strings and a.dest != "help"}
+    return flags ^ {f.name for f in fields(settings_cls)}

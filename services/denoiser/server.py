@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ from longcat.engine.denoise import DenoiseJob, DenoiseLoop
 from longcat.engine.quality_gate import PresetGate
 from longcat.logs import setup_logging
 from longcat.models.loading import DENOISER_COMPONENTS, load_components
-from longcat.rpc.config import EnvDefaults, add_model_args, add_server_args
+from longcat.rpc.config import EnvDefaults, ModelServerSettings, add_model_args, add_server_args
 from longcat.rpc.metrics import serve_metrics
 from longcat.rpc.server import GrpcServer
 from longcat.v1 import denoiser_pb2_grpc
@@ -60,6 +61,28 @@ def build_parser(parser=None):
     return p
 
 
+@dataclasses.dataclass(frozen=True)
+class DenoiserSettings(ModelServerSettings):
+    """The denoiser's configuration, typed (see :class:`longcat.rpc.config.ServerSettings`)."""
+
+    adapter_dir: str
+    adapter_cache: int
+    no_cfg_batch: bool
+    speed: str
+    vae_tiling: bool
+    group_offload: bool
+    parallel: str
+    quality_record: str
+    min_psnr_db: float
+    redis_url: str
+    namespace: str
+    encoder: str
+    heartbeat_timeout_s: float
+    max_attempts: int
+    encoder_timeout_s: float
+    result_ttl_s: int
+
+
 def warm_up(backend: DenoiserBackend) -> None:
     """One real step and decode at the smallest size before SERVING."""
     g = Geometry(width=64, height=64)
@@ -69,7 +92,7 @@ def warm_up(backend: DenoiserBackend) -> None:
     loop.decode(loop.run(DenoiseJob(embeds, embeds, reference, g, 1, 2.0, 0)), g)
 
 
-def build_backend(args) -> DenoiserBackend:
+def build_backend(args: DenoiserSettings) -> DenoiserBackend:
     from longcat.engine.levers import SpeedConfig, apply_speed_config
 
     components = load_components(args.model, DENOISER_COMPONENTS, device=args.device, precision=args.precision)
@@ -91,20 +114,21 @@ def build_backend(args) -> DenoiserBackend:
     )
 
 
-def join_ranks(args):
-    """Under torchrun (WORLD_SIZE > 1): join the process group; (rank, world). One process otherwise."""
+def join_ranks(args: DenoiserSettings) -> tuple[DenoiserSettings, int, int]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group; (settings on this rank's device, rank, world).
+    One process otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1
+        return args, 0, 1
     from longcat.engine.parallel import init_from_env
 
     rank, world = init_from_env()
     if args.device in (None, "", "auto", "cuda") and torch.cuda.is_available():
-        args.device = f"cuda:{torch.cuda.current_device()}"
-    return rank, world
+        args = dataclasses.replace(args, device=f"cuda:{torch.cuda.current_device()}")
+    return args, rank, world
 
 
-def attach_parallel(args, backend: DenoiserBackend, world: int) -> None:
+def attach_parallel(args: DenoiserSettings, backend: DenoiserBackend, world: int) -> None:
     from longcat.engine.parallel import Parallel, ParallelLayout
 
     layout = ParallelLayout.parse(args.parallel, world)
@@ -112,9 +136,9 @@ def attach_parallel(args, backend: DenoiserBackend, world: int) -> None:
     log.info("denoiser spans ranks", extra={"world": world, "cfg": layout.cfg, "ulysses": layout.ulysses})
 
 
-def serve(args) -> None:
+def serve(args: DenoiserSettings) -> None:
     setup_logging(args.log_level)
-    rank, world = join_ranks(args)
+    args, rank, world = join_ranks(args)
     if rank != 0:  # a follower: no server, runs what rank 0 shares until it shuts down
         from longcat.engine.parallel import follow
 
@@ -147,7 +171,7 @@ def serve(args) -> None:
         stop_followers(backend.loop)
 
 
-def start_worker(args, backend: DenoiserBackend):
+def start_worker(args: DenoiserSettings, backend: DenoiserBackend):
     import threading
 
     from longcat.api.keys import Keys
@@ -166,4 +190,4 @@ def start_worker(args, backend: DenoiserBackend):
 
 
 def main(argv=None) -> None:
-    serve(build_parser().parse_args(argv))
+    serve(DenoiserSettings.from_args(build_parser().parse_args(argv)))

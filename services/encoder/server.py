@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -10,7 +11,7 @@ from longcat.api.edit import Limits
 from longcat.conditioning import PromptEncoder
 from longcat.logs import setup_logging
 from longcat.models.loading import ENCODER_COMPONENTS, load_components
-from longcat.rpc.config import EnvDefaults, add_model_args, add_server_args
+from longcat.rpc.config import EnvDefaults, ModelServerSettings, add_model_args, add_server_args
 from longcat.rpc.metrics import serve_metrics
 from longcat.rpc.server import GrpcServer
 from longcat.v1 import encoder_pb2_grpc
@@ -31,12 +32,20 @@ def build_parser(parser=None):
     return p
 
 
+@dataclass(frozen=True)
+class EncoderSettings(ModelServerSettings):
+    """The encoder's configuration, typed (see :class:`longcat.rpc.config.ServerSettings`)."""
+
+    cache_mb: int
+    max_connection_age_s: float
+
+
 def warm_up(backend: EncoderBackend) -> None:
     """One real forward before SERVING, so the first user call is not the slow one."""
     backend.encoder.encode("warm up", Image.new("RGB", (32, 32), (128, 128, 128)))
 
 
-def serve(args) -> None:
+def serve(args: EncoderSettings) -> None:
     setup_logging(args.log_level)
     serve_metrics(args.metrics_port)
     servicer = EncoderServicer()
@@ -56,4 +65,4 @@ def serve(args) -> None:
 
 
 def main(argv=None) -> None:
-    serve(build_parser().parse_args(argv))
+    serve(EncoderSettings.from_args(build_parser().parse_args(argv)))

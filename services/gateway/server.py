@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from grpc_health.v1 import health_pb2
 
@@ -19,7 +19,7 @@ from longcat.jobs.connection import REDIS_ERRORS, connect
 from longcat.jobs.store import JobStore
 from longcat.logs import setup_logging
 from longcat.redact import redact_url
-from longcat.rpc.config import EnvDefaults, add_server_args
+from longcat.rpc.config import EnvDefaults, ServerSettings, add_server_args
 from longcat.rpc.metrics import serve_metrics
 from longcat.rpc.server import GrpcServer
 from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc, training_pb2_grpc
@@ -57,17 +57,9 @@ def build_parser(parser=None):
 
 
 @dataclass(frozen=True)
-class GatewaySettings:
-    """The gateway's configuration, typed: built once from the flags and LONGCAT_* variables (a bad value has
-    already exited 2 naming it, in the parser); the rest of the gateway reads only this."""
+class GatewaySettings(ServerSettings):
+    """The gateway's configuration, typed (see :class:`ServerSettings`)."""
 
-    host: str
-    port: int
-    metrics_port: int
-    max_message_mb: int
-    grace_s: float
-    threads: int
-    log_level: str
     redis_url: str
     namespace: str
     adapter_dir: str
@@ -80,10 +72,6 @@ class GatewaySettings:
     data_root: str
     output_root: str
     max_upload_mb: int
-
-    @classmethod
-    def from_args(cls, args) -> "GatewaySettings":
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
 def monitor_redis(client, server: GrpcServer, stop: threading.Event, period_s: float = 2.0) -> None:

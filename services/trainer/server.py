@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import dataclass
 
 from longcat.adapters import AdapterStore
 from longcat.adapters.registry import AdapterRegistry
@@ -19,7 +20,7 @@ from longcat.jobs.connection import connect
 from longcat.jobs.store import JobStore
 from longcat.logs import setup_logging
 from longcat.redact import redact_url
-from longcat.rpc.config import EnvDefaults, add_server_args
+from longcat.rpc.config import EnvDefaults, ServerSettings, add_server_args
 from longcat.rpc.handler import rpc_method
 from longcat.rpc.metrics import serve_metrics
 from longcat.rpc.server import GrpcServer
@@ -61,7 +62,26 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return trainer_pb2.TrainerStatus(running_job_ids=list(self.ctx.running), workers=1, model=self.ctx.model)
 
 
-def build_context(args) -> TrainerContext:
+@dataclass(frozen=True)
+class TrainerSettings(ServerSettings):
+    """The trainer's configuration, typed (see :class:`longcat.rpc.config.ServerSettings`)."""
+
+    redis_url: str
+    namespace: str
+    model: str
+    device: str
+    precision: str
+    adapter_dir: str
+    data_root: str
+    output_root: str
+    encoder: str
+    lease_ttl_s: float
+    max_attempts: int
+    reaper_period_s: float
+    result_ttl_s: int
+
+
+def build_context(args: TrainerSettings) -> TrainerContext:
     client = connect(args.redis_url)
     keys = Keys(args.namespace)
     store = JobStore(client, keys, result_ttl_s=args.result_ttl_s)
@@ -73,7 +93,7 @@ def build_context(args) -> TrainerContext:
                           max_attempts=args.max_attempts)
 
 
-def serve(args) -> None:
+def serve(args: TrainerSettings) -> None:
     setup_logging(args.log_level)
     serve_metrics(args.metrics_port)
     ctx = build_context(args)
@@ -112,4 +132,4 @@ def serve(args) -> None:
 
 
 def main(argv=None) -> None:
-    serve(build_parser().parse_args(argv))
+    serve(TrainerSettings.from_args(build_parser().parse_args(argv)))
