@@ -1,4 +1,4 @@
-"""``longcat train --config CONFIG.json --dataloader DATALOADER.json``: submit a LoRA training job to the
+"""``longcat train --config CONFIG.json [--dataloader DATALOADER.json]``: submit a LoRA training job to the
 stack (uploading local dataset folders when the gateway cannot read them in place) and follow it."""
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from longcat.cli.remote import add_gateway_args, client, follow
 def register(sub) -> None:
     p = sub.add_parser("train", help="submit a LoRA training job (the quickstart's config + dataloader JSON)")
     p.add_argument("--config", required=True, help="config.json (the quickstart's keys)")
-    p.add_argument("--dataloader", required=True, help="dataloader JSON (edit dataset + linked reference dataset)")
+    p.add_argument("--dataloader", default=None, help="dataloader JSON (edit dataset + linked reference dataset); "
+                                                       "default: the config's data_backend_config")
     p.add_argument("--name", default="", help="adapter name to publish (default: output_dir's last part)")
     p.add_argument("--wait", action="store_true", help="follow the job to its end (progress, validation images)")
     p.add_argument("--upload", choices=("auto", "always", "never"), default="auto",
