@@ -62,7 +62,10 @@ def test_quickstart_config_parses_as_written(tmp_path, monkeypatch):
     assert c.validation_resolution == (768, 768) and c.validation_num_inference_steps == 40
     # Defaults for what the quickstart leaves out.
     assert c.pretrained_model_name_or_path == "tiny"
-    assert c.lora_rank == 16 and c.effective_lora_alpha == 16.0
+    # Meituan's edit-LoRA recipe (rank 32, PEFT's alpha 8, gaussian init, 10% caption dropout; its 1e-4 at
+    # batch 32 sqrt-scaled to batch 1), see README "Training defaults".
+    assert c.lora_rank == 32 and c.effective_lora_alpha == 8.0 and c.lora_init_type == "gaussian"
+    assert c.caption_dropout_probability == 0.1
     assert c.lora_target_modules == OFFICIAL_TARGET_MODULES
     assert c.lr_scheduler == "constant_with_warmup" and c.aspect_bucket_alignment == 64
     assert c.resolved_mixed_precision("cpu") == "no" and c.resolved_mixed_precision("cuda") == "bf16"

@@ -35,7 +35,9 @@ def config(out, **overrides):
             "learning_rate": 5e-3, "lr_warmup_steps": 2, "max_train_steps": 40, "seed": 1,
             "output_dir": str(out), "checkpointing_steps": 10, "checkpoints_total_limit": 2,
             "validation_steps": 20, "validation_num_inference_steps": 3, "validation_resolution": "64x64",
-            "num_validation_images": 2, "validation_seed": 5}
+            "num_validation_images": 2, "validation_seed": 5,
+            # pinned, so this file tests the machinery whatever the recipe defaults are
+            "lora_rank": 16, "lora_alpha": 16, "lora_init_type": "default", "caption_dropout_probability": 0.0}
     return {**base, **overrides}
 
 

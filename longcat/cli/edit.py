@@ -103,7 +103,8 @@ def _run_in_process(args) -> int:
     validated = validate_request(request)
     engine = EditEngine.load(args.model, device=args.device, precision=args.precision,
                              adapter_root=args.adapter_dir)
-    with tqdm(total=validated.num_inference_steps, desc="denoising", unit="step", disable=args.json) as bar:
+    with tqdm(total=validated.num_inference_steps, desc="denoising", unit="step",
+              disable=True if args.json else None) as bar:  # None: a bar only on a terminal
         result = engine.edit(validated, on_step=lambda ev: bar.update(ev.step - bar.n))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
