@@ -29,13 +29,13 @@ def _load(source, field: str, base: Path):
     return jsonc.loads(text, field), base
 
 
-def dataloader_from_config(config: dict, config_dir: Path) -> Path:
+def dataloader_from_config(config: dict, config_dir: Path, base: Path | None = None) -> Path:
     """The quickstart's ``train --config FILE`` alone: the dataloader JSON named by the config's
     ``data_backend_config``, relative to the working directory (as SimpleTuner reads it) or to the config."""
     named = config.get("data_backend_config") or config.get("--data_backend_config")
     if not named:
         raise InvalidArgument("give --dataloader, or set data_backend_config in the config", "dataloader")
-    for candidate in (Path(str(named)).expanduser(), config_dir / str(named)):
+    for candidate in ((base or Path.cwd()) / Path(str(named)).expanduser(), config_dir / str(named)):
         if candidate.is_file():
             return candidate
     raise NotFound(f"{named!r} (the config's data_backend_config) is not a file; "
@@ -55,7 +55,7 @@ class LocalTrainingJob:
         base = Path(base_dir or os.getcwd())
         cfg, cfg_dir = _load(config, "config", base)
         if dataloader is None and isinstance(cfg, dict):
-            dataloader = dataloader_from_config(cfg, cfg_dir)
+            dataloader = dataloader_from_config(cfg, cfg_dir, base)
         loader, loader_dir = _load(dataloader, "dataloader", base)
         if isinstance(loader, dict) and isinstance(loader.get("datasets"), list):
             loader = loader["datasets"]
