@@ -111,8 +111,8 @@ def test_cross_field_rules():
 
 def test_unknown_keys_are_warnings_with_hints(caplog):
     with caplog.at_level(logging.WARNING, logger="longcat.training.config"):
-        c = parse_config({"learning_rte": 1e-4, "report_to": "wandb", "lora_rank": 8})
-    assert c.lora_rank == 8 and c.learning_rate == 1e-4  # the misspelt key did not set anything
+        c = parse_config({"learning_rte": 1e-3, "report_to": "wandb", "lora_rank": 8})
+    assert c.lora_rank == 8 and c.learning_rate == TrainingConfig().learning_rate  # the misspelt key set nothing
     assert len(c.warnings) == 2
     assert "'learning_rte'" in c.warnings[0] and "did you mean 'learning_rate'" in c.warnings[0]
     assert "'report_to'" in c.warnings[1]

@@ -92,6 +92,17 @@ def test_checkpoints_rotate(trained):
     assert state["step"] == 40 and state["losses"] == result.losses and state["seed"] == 1
 
 
+def test_result_pictures_are_written_with_the_adapter(trained):
+    out, result, events, _ = trained
+    assert Image.open(out / "loss.png").size == (640, 360)
+    grid = Image.open(out / "validation" / "grid.png")
+    assert result.result_images == [out / "loss.png", out / "validation" / "grid.png"]
+    # 2 validation prompts (reference | edit each) x 2 validation steps (20, 40)
+    assert grid.size == (84 + 4 * 198 + 6, 34 + 2 * 198 + 6)
+    announced = next(e for e in events if e["type"] == "result_images")
+    assert announced["names"] == ["loss.png", "validation/grid.png"]
+
+
 def test_adapter_and_summary(trained, components):
     out, result, _, _ = trained
     lora = read_lora(out)
