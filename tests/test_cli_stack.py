@@ -65,10 +65,15 @@ def test_edit_through_the_gateway_with_a_progress_bar(stack, tmp_path):
 
 def cli_on_terminal(stack, *args):
     """The CLI with its stderr on a pseudo-terminal (as a person sees it); returns stdout/stderr text."""
+    import fcntl
     import pty
+    import struct
+    import termios
 
     env = {**os.environ, "LONGCAT_GATEWAY": stack["gateway"]}
     master, slave = pty.openpty()
+    # A fresh pty is 0 columns wide, and tqdm would draw an empty bar: give it a terminal's size.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "longcat.cli.main", *args], stdout=subprocess.PIPE,
                             stderr=slave, text=True, env=env, cwd=ROOT)
     os.close(slave)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from longcat.v1 import edit_pb2
@@ -61,8 +62,8 @@ def follow(lc, job_id: str, bars: bool = True, events_json: bool = False,
                 out.write_bytes(ev.result_image.image_png)
                 if saved is not None:
                     saved.append(out)
-            elif kind == "queue_position" and bars:
-                print(f"queued (position {ev.queue_position})", flush=True)
+            elif kind == "queue_position" and bars and sys.stderr.isatty():  # progress, as the bars: stderr
+                print(f"queued (position {ev.queue_position})", file=sys.stderr, flush=True)
             elif kind == "job":
                 final = ev.job
     finally:
