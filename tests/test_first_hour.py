@@ -303,3 +303,14 @@ def test_compose_health_check_module_answers(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "longcat.rpc.healthcheck", f"127.0.0.1:{free_port()}"],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 1 and "UNAVAILABLE" in proc.stdout
+
+
+def test_log_level_from_the_environment_reaches_longcat_up_and_every_service(monkeypatch):
+    import importlib
+
+    from longcat.cli.main import build_parser
+
+    monkeypatch.setenv("LONGCAT_LOG_LEVEL", "DEBUG")
+    assert build_parser().parse_args(["up"]).service_log_level == "DEBUG"  # passed on to each child
+    for name in ("encoder", "denoiser", "trainer", "gateway"):
+        assert importlib.import_module(f"services.{name}.server").build_parser().parse_args([]).log_level == "DEBUG"
