@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from longcat.launch import free_port  # noqa: E402
 
 
 def sh(*args: str, env: dict) -> None:
-    print("$ longcat " + " ".join(args), flush=True)
+    print("$ longcat " + shlex.join(args), flush=True)
     subprocess.run([sys.executable, "-m", "longcat.cli.main", *args], check=True, env=env, cwd=ROOT)
 
 

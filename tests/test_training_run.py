@@ -74,7 +74,7 @@ def test_progress_events(trained):
     assert steps[-1]["eta_s"] == 0 and all(e["eta_s"] >= 0 for e in steps)
     kinds = [e["type"] for e in events if e["type"] not in ("step", "caching", "phase")]
     assert kinds == ["start", "checkpoint", "checkpoint", "validation", "checkpoint", "checkpoint", "validation",
-                     "done"]
+                     "result_images", "done"]
     start = next(e for e in events if e["type"] == "start")
     assert start["pairs"] == 6 and start["validation_pairs"] == 2 and start["buckets"] == {"64x64": 6}
     assert next(e for e in events if e["type"] == "done")["adapter_path"] == str(out / "pytorch_lora_weights.safetensors")
