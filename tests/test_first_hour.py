@@ -230,6 +230,15 @@ def test_train_with_the_config_alone_reads_data_backend_config(quickstart):
     assert [d["id"] for d in job.dataloader] == ["edit-images", "ref-images"]
 
 
+def test_a_dataloader_path_that_does_not_exist_is_named_as_missing_not_parsed_as_json(quickstart):
+    from longcat.client.datasets import LocalTrainingJob
+    from longcat.errors import NotFound
+
+    with pytest.raises(NotFound, match="no such file 'config/nope.json'") as info:
+        LocalTrainingJob.load(str(quickstart / "config" / "config.json"), "config/nope.json", base_dir=quickstart)
+    assert info.value.field == "dataloader"
+
+
 def test_cache_clear_empties_both_vae_caches_and_the_text_cache_and_says_so(quickstart):
     import torch
 
@@ -275,7 +284,8 @@ def test_compose_runs_the_stack_from_the_deploy_images():
         assert rendered.returncode == 0, rendered.stderr
     import jsonschema
 
-    # The Compose Specification's own schema (compose-spec/compose-spec, schema/compose-spec.json, vendored).
+    # The Compose Specification's own schema, vendored for offline use: compose-spec/compose-spec at
+    # 170098ba07d9f53c383a41bfd4c5166b0a4529a6, schema/compose-spec.json (Apache-2.0).
     schema = json.loads((ROOT / "tests" / "schemas" / "compose-spec.json").read_text())
     jsonschema.validate(compose, schema)
     services = compose["services"]
