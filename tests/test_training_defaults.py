@@ -27,11 +27,13 @@ def test_silent_config_gets_meituans_edit_lora_recipe():
         parse_config({"lora_init_type": "loftq"})
 
 
-def test_gaussian_init_is_peft_gaussian_and_b_starts_at_zero(tiny_components):
+def test_gaussian_init_is_peft_gaussian_and_b_starts_at_zero(tiny_model_path):
     from longcat.adapters import OFFICIAL_TARGET_MODULES
+    from longcat.models.loading import load_components
     from longcat.training.lora import ADAPTER_NAME, add_training_lora, remove_training_lora
 
-    t = tiny_components.transformer
+    # A transformer of its own: the session's shared components may carry other tests' adapters.
+    t = load_components(tiny_model_path, ["transformer"], device="cpu").transformer
     try:
         add_training_lora(t, 32, 8.0, list(OFFICIAL_TARGET_MODULES), seed=0)
         assert t.peft_config[ADAPTER_NAME].init_lora_weights == "gaussian"
