@@ -17,11 +17,15 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo | make test | make lint | make protos | make clean"
 
+# pip at -qq: errors only (a failed install still says why); build back-ends' notices are not for users.
+PIP_QUIET ?= -qq
+
 $(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
-	$(PY) -m pip install -q -e '.[all,protos,test]'
+	@echo "setting up $(VENV): torch and the project's dependencies (a few minutes the first time)"
+	@$(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install $(PIP_QUIET) --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(PIP_QUIET) $(TORCH_PIP_ARGS) torch==$(TORCH_VERSION)
+	@$(PY) -m pip install $(PIP_QUIET) -e '.[all,protos,test]'
 	@touch $@
 
 venv: $(VENV)/.installed

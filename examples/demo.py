@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from longcat.launch import free_port  # noqa: E402
 
 
 def sh(*args: str, env: dict) -> None:
-    print("$ longcat " + " ".join(args), flush=True)
+    print("$ longcat " + shlex.join(args), flush=True)
     subprocess.run([sys.executable, "-m", "longcat.cli.main", *args], check=True, env=env, cwd=ROOT)
 
 
@@ -33,7 +34,7 @@ def start_stack(out: Path, env: dict) -> tuple[subprocess.Popen, str]:
     redis_url = f"redis://127.0.0.1:{free_port()}/0"  # a private Redis, so a user's own one is never touched
     cmd = [sys.executable, "-m", "longcat.cli.main", "up", "--model", "tiny", "--redis-url", redis_url,
            "--data-dir", str(out / "stack"), "--metrics-port", "0", "--json", *[x for kv in ports.items() for x in kv]]
-    print("$ longcat up --model tiny ...  (logs in demo-output/stack/logs/)", flush=True)
+    print(f"$ longcat up --model tiny ...  (service logs in {out.name}/stack/logs/)", flush=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     line = proc.stdout.readline()
     if not line:
@@ -71,7 +72,7 @@ def main() -> None:
             ds["instance_data_dir"] = str(out / "train-data" / Path(ds["instance_data_dir"]).name)
         (out / "dataloader.json").write_text(json.dumps(loader, indent=2))
         sh("train", "--config", str(out / "config.json"), "--dataloader", str(out / "dataloader.json"),
-           "--name", "demo-invert", "--wait", "--save-validation", str(out / "validation"), env=env)
+           "--name", "demo-invert", "--wait", "--results", str(out), env=env)
 
         sh("adapters", "list", env=env)
         sh("edit", "--image", "examples/sample.png", "--prompt", "invert the colors", "--width", "256",
@@ -84,7 +85,11 @@ def main() -> None:
         stack.wait(120)
     print(f"\ndemo done in {time.time() - started:.0f}s; outputs in {out}:")
     for p in sorted(out.glob("*.png")) + sorted((out / "adapter").glob("*")) + sorted((out / "validation").glob("*")):
+        if p.name == "grid.png":
+            continue  # listed last, with loss.png: the two pictures to open first
         print("  ", p.relative_to(out.parent))
+    print(f"open {out.name}/loss.png (training loss) and {out.name}/validation/grid.png (reference | edit per "
+          "validation prompt and step); the tiny model is random, so its pictures are noise-like")
 
 
 if __name__ == "__main__":

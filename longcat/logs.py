@@ -33,14 +33,47 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def setup_logging(level: str | None = None, json_format: bool = True) -> None:
-    """Configure the root logger once; ``LONGCAT_LOG_LEVEL`` overrides the default level."""
-    level = (level or os.environ.get("LONGCAT_LOG_LEVEL") or "INFO").upper()
+def setup_logging(level: str | None = None, json_format: bool | None = None, default_level: str = "INFO") -> None:
+    """Configure the root logger once.
+
+    Level: ``level`` if given, else ``LONGCAT_LOG_LEVEL``, else ``default_level``. Format: ``json_format`` if
+    given, else ``LONGCAT_LOG_FORMAT`` (``json`` / ``plain``), else plain readable lines on a terminal and
+    JSON lines anywhere else (log files, pipes, log collectors)."""
+    level = (level or os.environ.get("LONGCAT_LOG_LEVEL") or default_level).upper()
+    if logging.getLevelName(level) == f"Level {level}":
+        level = default_level.upper()  # an unknown name must not crash a service at start
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if json_format else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if _want_json(json_format, sys.stderr) else PlainFormatter())
     handler.addFilter(RedactingFilter())  # no URL password in any line (longcat.redact)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("httpx", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from longcat.quiet import silence_libraries
+
+    silence_libraries(logging.getLevelName(level))
+
+
+def _want_json(json_format: bool | None, stream) -> bool:
+    if json_format is not None:
+        return json_format
+    chosen = os.environ.get("LONGCAT_LOG_FORMAT", "").lower()
+    if chosen in ("json", "plain"):
+        return chosen == "json"
+    return not (hasattr(stream, "isatty") and stream.isatty())
+
+
+class PlainFormatter(logging.Formatter):
+    """``12:00:01 INFO  gateway up  port=50051``: for people reading a terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        extras = {k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")}
+        rid = request_id.get()
+        if rid:
+            extras["request_id"] = rid
+        line = (time.strftime("%H:%M:%S", time.localtime(record.created)) + f" {record.levelname:<7s} "
+                + record.getMessage())
+        if extras:
+            line += "  " + " ".join(f"{k}={v}" for k, v in extras.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line

@@ -50,11 +50,46 @@ def cli(stack, *args, check=True, cwd=None):
 
 def test_edit_through_the_gateway_with_a_progress_bar(stack, tmp_path):
     out = tmp_path / "e.png"
-    proc = cli(stack, "edit", "--image", SAMPLE, "--prompt", "make the sky purple", "--out", str(out),
-               "--width", "128", "--height", "96", "--steps", "4", "--seed", "3")
+    # No --gateway and no --model: $LONGCAT_GATEWAY is the gateway. On a terminal, a progress bar.
+    proc = cli_on_terminal(stack, "edit", "--image", SAMPLE, "--prompt", "make the sky purple", "--out", str(out),
+                           "--width", "128", "--height", "96", "--steps", "4", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
     assert Image.open(out).size == (128, 96)
     assert "denoising" in proc.stderr and "4/4" in proc.stderr
-    assert "seed 3" in proc.stdout
+    assert "seed 3" in proc.stdout and "job " in proc.stdout  # a job id: it went through the gateway
+    # Piped (not a terminal): no bar redrawn line after line, nothing but the result.
+    piped = cli(stack, "edit", "--image", SAMPLE, "--prompt", "x", "--out", str(out), "--width", "64",
+                "--height", "64", "--steps", "2")
+    assert piped.stderr == "" and piped.stdout.startswith("wrote ")
+
+
+def cli_on_terminal(stack, *args):
+    """The CLI with its stderr on a pseudo-terminal (as a person sees it); returns stdout/stderr text."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    env = {**os.environ, "LONGCAT_GATEWAY": stack["gateway"]}
+    master, slave = pty.openpty()
+    # A fresh pty is 0 columns wide, and tqdm would draw an empty bar: give it a terminal's size.
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "longcat.cli.main", *args], stdout=subprocess.PIPE,
+                            stderr=slave, text=True, env=env, cwd=ROOT)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    out = proc.stdout.read()
+    proc.wait(300)
+    return subprocess.CompletedProcess(args, proc.returncode, out, b"".join(chunks).decode(errors="replace"))
 
 
 def test_edit_json(stack, tmp_path):
@@ -106,14 +141,25 @@ def test_train_then_adapters_list_show_delete(stack, tmp_path):
     config = json.loads((ROOT / "config" / "config.json.example").read_text())
     config.update(max_train_steps=4, lr_warmup_steps=1, checkpointing_steps=2, validation_steps=2,
                   num_validation_images=1)
+    config["data_backend_config"] = "dl.json"  # the quickstart's `train --config FILE` alone
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "dl.json").write_text((ROOT / "config" / "dataloader.json.example").read_text())
-    lines = cli(stack, "train", "--config", "config.json", "--dataloader", "dl.json", "--name", "cli-style",
+    lines = cli(stack, "train", "--config", "config.json", "--name", "cli-style",
                 "--wait", "--json", cwd=tmp_path).stdout.splitlines()
     events = [json.loads(line) for line in lines]
     assert [e["training"]["step"] for e in events if "training" in e] == [1, 2, 3, 4]
     assert events[-1]["job"]["state"] == "SUCCEEDED"
-    assert (tmp_path / "validation").is_dir()
+    # The run's pictures come back into the config's output_dir: validation edits, loss.png, the grid.
+    results = tmp_path / config["output_dir"]
+    assert sorted(e["result_image"]["name"] for e in events if "result_image" in e) == [
+        "loss.png", "validation/grid.png"]
+    assert Image.open(results / "loss.png").format == "PNG"
+    from longcat.training.result_images import validation_grid
+
+    one = Image.new("RGB", (64, 64))  # 1 prompt (reference | edit) x 2 validation steps (2 and 4)
+    assert Image.open(results / "validation" / "grid.png").size == validation_grid([one], ["x"], [
+        ("step 2", [one]), ("step 4", [one])]).size
+    assert list((results / "validation").glob("step-*.png"))
     listed = json.loads(cli(stack, "adapters", "list", "--json").stdout)
     assert "cli-style" in [a["name"] for a in listed]
     shown = json.loads(cli(stack, "adapters", "show", "cli-style", "--json").stdout)

@@ -62,7 +62,10 @@ def test_quickstart_config_parses_as_written(tmp_path, monkeypatch):
     assert c.validation_resolution == (768, 768) and c.validation_num_inference_steps == 40
     # Defaults for what the quickstart leaves out.
     assert c.pretrained_model_name_or_path == "tiny"
-    assert c.lora_rank == 16 and c.effective_lora_alpha == 16.0
+    # Meituan's edit-LoRA recipe (rank 32, PEFT's alpha 8, gaussian init, 10% caption dropout; its 1e-4 at
+    # batch 32 sqrt-scaled to batch 1), see README "Training defaults".
+    assert c.lora_rank == 32 and c.effective_lora_alpha == 8.0 and c.lora_init_type == "gaussian"
+    assert c.caption_dropout_probability == 0.1
     assert c.lora_target_modules == OFFICIAL_TARGET_MODULES
     assert c.lr_scheduler == "constant_with_warmup" and c.aspect_bucket_alignment == 64
     assert c.resolved_mixed_precision("cpu") == "no" and c.resolved_mixed_precision("cuda") == "bf16"
@@ -108,8 +111,8 @@ def test_cross_field_rules():
 
 def test_unknown_keys_are_warnings_with_hints(caplog):
     with caplog.at_level(logging.WARNING, logger="longcat.api.training_config"):
-        c = parse_config({"learning_rte": 1e-4, "report_to": "wandb", "lora_rank": 8})
-    assert c.lora_rank == 8 and c.learning_rate == 1e-4  # the misspelt key did not set anything
+        c = parse_config({"learning_rte": 1e-3, "report_to": "wandb", "lora_rank": 8})
+    assert c.lora_rank == 8 and c.learning_rate == TrainingConfig().learning_rate  # the misspelt key set nothing
     assert len(c.warnings) == 2
     assert "'learning_rte'" in c.warnings[0] and "did you mean 'learning_rate'" in c.warnings[0]
     assert "'report_to'" in c.warnings[1]

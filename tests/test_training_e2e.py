@@ -266,8 +266,11 @@ def test_cli_train_uploads_local_folders_and_waits(stack, tmp_path):
                            "--dataloader", "dataloader.json", "--name", "cli-lora", "--wait"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "published" in proc.stdout and "training" in proc.stderr  # the progress bar
-    assert sorted(p.name for p in (tmp_path / "validation").glob("*.png"))  # validation images saved locally
+    assert "published" in proc.stdout and proc.stderr == ""  # piped: no progress bar redrawn line by line
+    # validation edits, loss.png and the grid saved locally, in the config's output_dir
+    assert sorted(p.name for p in (tmp_path / "output/cli-lora/validation").glob("step-*.png"))
+    assert (tmp_path / "output/cli-lora/loss.png").is_file()
+    assert (tmp_path / "output/cli-lora/validation/grid.png").is_file()
     assert list((stack.data / "uploads").glob("cli-lora-*/edit-images/*.png"))
 
 

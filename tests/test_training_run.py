@@ -35,7 +35,9 @@ def config(out, **overrides):
             "learning_rate": 5e-3, "lr_warmup_steps": 2, "max_train_steps": 40, "seed": 1,
             "output_dir": str(out), "checkpointing_steps": 10, "checkpoints_total_limit": 2,
             "validation_steps": 20, "validation_num_inference_steps": 3, "validation_resolution": "64x64",
-            "num_validation_images": 2, "validation_seed": 5}
+            "num_validation_images": 2, "validation_seed": 5,
+            # pinned, so this file tests the machinery whatever the recipe defaults are
+            "lora_rank": 16, "lora_alpha": 16, "lora_init_type": "default", "caption_dropout_probability": 0.0}
     return {**base, **overrides}
 
 
@@ -72,7 +74,7 @@ def test_progress_events(trained):
     assert steps[-1]["eta_s"] == 0 and all(e["eta_s"] >= 0 for e in steps)
     kinds = [e["type"] for e in events if e["type"] not in ("step", "caching", "phase")]
     assert kinds == ["start", "checkpoint", "checkpoint", "validation", "checkpoint", "checkpoint", "validation",
-                     "done"]
+                     "result_images", "done"]
     start = next(e for e in events if e["type"] == "start")
     assert start["pairs"] == 6 and start["validation_pairs"] == 2 and start["buckets"] == {"64x64": 6}
     assert next(e for e in events if e["type"] == "done")["adapter_path"] == str(out / "pytorch_lora_weights.safetensors")
@@ -88,6 +90,17 @@ def test_checkpoints_rotate(trained):
                      "training_state.json"]
     state = json.loads((out / "checkpoints" / "checkpoint-40" / "training_state.json").read_text())
     assert state["step"] == 40 and state["losses"] == result.losses and state["seed"] == 1
+
+
+def test_result_pictures_are_written_with_the_adapter(trained):
+    out, result, events, _ = trained
+    assert Image.open(out / "loss.png").size == (640, 360)
+    grid = Image.open(out / "validation" / "grid.png")
+    assert result.result_images == [out / "loss.png", out / "validation" / "grid.png"]
+    # 2 validation prompts (reference | edit each) x 2 validation steps (20, 40)
+    assert grid.size == (84 + 4 * 198 + 6, 34 + 2 * 198 + 6)
+    announced = next(e for e in events if e["type"] == "result_images")
+    assert announced["names"] == ["loss.png", "validation/grid.png"]
 
 
 def test_adapter_and_summary(trained, components):

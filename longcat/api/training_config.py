@@ -25,6 +25,7 @@ BASE_PRECISIONS = ("no_change", "int8-quanto", "fp8-torchao", "bf16", "fp32")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 OPTIMIZERS = ("adamw", "adamw_torch", "adamw_bf16")  # all run as torch AdamW on fp32 LoRA weights
 MIXED_PRECISIONS = ("no", "bf16")
+LORA_INIT_TYPES = ("gaussian", "default")  # SimpleTuner's key; "default" is PEFT's kaiming-uniform A
 EMBEDDINGS_SOURCES = ("in_process", "encoder_service")
 MIN_VALIDATION_SIDE, VALIDATION_MULTIPLE = 64, 16  # what the edit engine accepts
 
@@ -42,7 +43,9 @@ class TrainingConfig:
     pretrained_model_name_or_path: str = ""     # "" -> $LONGCAT_MODEL or "tiny", filled in by parse_config
     train_batch_size: int = 1
     gradient_checkpointing: bool = False
-    learning_rate: float = 1e-4
+    # Defaults where the config is silent follow Meituan's edit-LoRA recipe (train_examples/edit_lora/) and
+    # SimpleTuner's quickstart; README "Training defaults" gives each one's source.
+    learning_rate: float = 1.77e-5               # Meituan's 1e-4 at batch 32 (4 x 8 GPUs), sqrt-scaled to batch 1
     lr_scheduler: str = "constant_with_warmup"
     lr_warmup_steps: int = 0
     optimizer: str = "adamw"
@@ -51,8 +54,9 @@ class TrainingConfig:
     adam_weight_decay: float = 1e-2
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0                  # 0 = no clipping
-    lora_rank: int = 16
-    lora_alpha: float | None = None             # None -> lora_rank (scale 1)
+    lora_rank: int = 32                         # Meituan: lora_rank 32
+    lora_alpha: float | None = 8.0              # Meituan sets none: PEFT's default 8 (scale 8/32); null -> rank
+    lora_init_type: str = "gaussian"            # Meituan: init_lora_weights="gaussian"; "default" = PEFT's kaiming
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(default_factory=lambda: list(OFFICIAL_TARGET_MODULES))
     max_train_steps: int | None = None          # None -> num_train_epochs worth of steps
@@ -71,7 +75,7 @@ class TrainingConfig:
     checkpointing_steps: int | None = 500       # None/0 = no checkpoints
     checkpoints_total_limit: int | None = None  # None = keep all
     resume_from_checkpoint: str | None = None   # None | "latest" | a checkpoint folder
-    caption_dropout_probability: float = 0.0
+    caption_dropout_probability: float = 0.1    # Meituan null_text_ratio 0.1 / SimpleTuner: trains the CFG branch
     mixed_precision: str | None = None          # None -> bf16 on a GPU, no on CPU
     use_reference_captions: bool = False
     embeddings_source: str = "in_process"
@@ -253,6 +257,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_grad_norm": _float(lo=0),
     "lora_rank": _int(lo=1, hi=1024),
     "lora_alpha": _float(lo=0, lo_open=True, optional=True),
+    "lora_init_type": _choice(LORA_INIT_TYPES),
     "lora_dropout": _float(0, 0.99),
     "lora_target_modules": _targets,
     "max_train_steps": _int(lo=1, optional=True),

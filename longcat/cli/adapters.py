@@ -19,7 +19,7 @@ def register(sub) -> None:
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     verbs.add_parser("list", help="every adapter, by name")
     for name in ("show", "delete"):
-        verbs.add_parser(name, help=f"{name} one adapter").add_argument("name")
+        verbs.add_parser(name, help=f"{name} one adapter").add_argument("name", help="the adapter's name")
     for v in verbs.choices.values():
         add_gateway_args(v)
     p.set_defaults(func=run)

@@ -1,4 +1,5 @@
-"""``longcat edit``: one edit, in-process on a model (``--model``) or through the stack (``--gateway``)."""
+"""``longcat edit``: one edit through the stack's gateway (the default: ``--gateway``, else ``$LONGCAT_GATEWAY``,
+else 127.0.0.1:50051), or in-process on a model with ``--model``."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ def register(sub) -> None:
     p.add_argument("--prompt", required=True, help="the edit instruction")
     p.add_argument("--out", required=True, help="where to write the edited PNG")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--model", default=None, help="run in-process: diffusers folder, hub id or 'tiny' "
-                                                     "(default $LONGCAT_MODEL or tiny)")
-    where.add_argument("--gateway", default=None, help="HOST:PORT of a running stack (default $LONGCAT_GATEWAY)")
-    p.add_argument("--width", type=int, default=0, help="output width, multiple of 16 (0 = ~1 MP, keep aspect)")
-    p.add_argument("--height", type=int, default=0, help="output height, multiple of 16")
+    where.add_argument("--model", default=None, help="run in-process, without the stack: a diffusers folder, "
+                                                     "a hub id or 'tiny'")
+    where.add_argument("--gateway", default=None, help="HOST:PORT of a running stack (default $LONGCAT_GATEWAY, "
+                                                       "else 127.0.0.1:50051)")
+    p.add_argument("--width", type=int, default=0, help="output width, multiple of 16 (default 0 = about 1 "
+                                                        "megapixel keeping the input's aspect: 256x192 -> 1184x896)")
+    p.add_argument("--height", type=int, default=0, help="output height, multiple of 16 (give both or neither)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps (default 50)")
     p.add_argument("--guidance", type=float, default=4.5, help="classifier-free guidance (default 4.5)")
     p.add_argument("--seed", type=int, default=None, help="seed (default random; the one used is reported)")
@@ -42,17 +45,15 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="in-process: cpu, cuda, cuda:1 or auto")
     p.add_argument("--precision", default="fp32", help="in-process: fp32, bf16, fp16, int8-quanto, fp8-torchao")
     p.add_argument("--truncate-prompt", action="store_true", help="truncate prompts over 512 tokens instead of failing")
-    p.add_argument("--api-key", default=None, help="with --gateway: API key (default $LONGCAT_API_KEY)")
+    p.add_argument("--api-key", default=None, help="through the gateway: API key (default $LONGCAT_API_KEY)")
     p.add_argument("--json", action="store_true", help="print the result as JSON (no progress bar)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    gateway = args.gateway or (None if args.model else os.environ.get("LONGCAT_GATEWAY"))
-    if gateway:
-        args.gateway = gateway
-        return _run_remote(args)
-    return _run_in_process(args)
+    if args.model:
+        return _run_in_process(args)
+    return _run_remote(args)  # the client resolves --gateway, then $LONGCAT_GATEWAY, then 127.0.0.1:50051
 
 
 def _run_remote(args) -> int:
@@ -86,6 +87,7 @@ def _run_remote(args) -> int:
 def _run_in_process(args) -> int:
     from tqdm import tqdm
 
+    from longcat.api.edit import validate_request
     from longcat.engine import EditEngine, EditRequest
     from longcat.errors import NotFound
 
@@ -97,10 +99,12 @@ def _run_in_process(args) -> int:
         width=args.width, height=args.height, num_inference_steps=args.steps, guidance_scale=args.guidance,
         seed=args.seed, adapters=[parse_adapter(a) for a in args.adapter], truncate_prompt=args.truncate_prompt,
     )
+    # Checked before the model loads: a typo must not cost a full load of the real model.
+    validated = validate_request(request)
     engine = EditEngine.load(args.model, device=args.device, precision=args.precision,
                              adapter_root=args.adapter_dir)
-    validated = engine.validate(request)
-    with tqdm(total=validated.num_inference_steps, desc="denoising", unit="step", disable=args.json) as bar:
+    with tqdm(total=validated.num_inference_steps, desc="denoising", unit="step",
+              disable=True if args.json else None) as bar:  # None: a bar only on a terminal
         result = engine.edit(validated, on_step=lambda ev: bar.update(ev.step - bar.n))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

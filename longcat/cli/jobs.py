@@ -12,12 +12,13 @@ def register(sub) -> None:
     p = sub.add_parser("jobs", help="list, show, watch or cancel jobs")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     ls = verbs.add_parser("list", help="your jobs, newest first")
-    ls.add_argument("--kind", choices=("edit", "training"), default=None)
-    ls.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled"), default=None)
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--kind", choices=("edit", "training"), default=None, help="only edit or only training jobs")
+    ls.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled"), default=None,
+                    help="only jobs in this state")
+    ls.add_argument("--limit", type=int, default=50, help="at most this many jobs (default 50)")
     for name, helptext in (("show", "one job"), ("watch", "follow a job to its end"), ("cancel", "cancel a job")):
         v = verbs.add_parser(name, help=helptext)
-        v.add_argument("job_id")
+        v.add_argument("job_id", help="the job's id (longcat jobs list shows them)")
     for v in verbs.choices.values():
         add_gateway_args(v)
     p.set_defaults(func=run)

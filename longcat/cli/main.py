@@ -12,12 +12,17 @@ from longcat.errors import Cancelled, InvalidArgument, LongCatError, NotFound
 EXIT_OK, EXIT_ERROR, EXIT_INVALID, EXIT_NOT_FOUND, EXIT_CANCELLED = 0, 1, 2, 3, 130
 EXIT_UNAVAILABLE, EXIT_UNAUTHENTICATED = 4, 5
 
-COMMANDS = ("tiny", "edit", "serve", "up", "train", "validate", "jobs", "adapters", "quality")
+COMMANDS = ("tiny", "edit", "serve", "up", "train", "validate", "cache", "jobs", "adapters", "quality")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from longcat import __version__
+
     parser = argparse.ArgumentParser(prog="longcat", description="Serve and fine-tune LongCat-Image-Edit.")
-    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default WARNING for the CLI)")
+    parser.add_argument("--version", action="version", version=f"longcat {__version__}",
+                        help="print the version and exit")
+    parser.add_argument("--log-level", default=None,
+                        help="DEBUG, INFO, WARNING, ERROR (default $LONGCAT_LOG_LEVEL, else WARNING)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     import importlib
 
@@ -31,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from longcat.logs import setup_logging
 
-    setup_logging(args.log_level or "WARNING", json_format=True)
+    setup_logging(args.log_level, default_level="WARNING")
     try:
         return int(args.func(args) or EXIT_OK)
     except (InvalidArgument, NotFound, Cancelled, LongCatError) as exc:
@@ -43,12 +48,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(args, exc: LongCatError) -> int:
+    from longcat.cli.flags import flag_for
+
     code = {"INVALID_ARGUMENT": EXIT_INVALID, "NOT_FOUND": EXIT_NOT_FOUND, "CANCELLED": EXIT_CANCELLED,
             "UNAVAILABLE": EXIT_UNAVAILABLE, "UNAUTHENTICATED": EXIT_UNAUTHENTICATED}.get(exc.code, EXIT_ERROR)
     if getattr(args, "json", False):
-        print(json.dumps({"ok": False, "code": exc.code, "field": exc.field, "error": str(exc)}))
+        print(json.dumps({"ok": False, "code": exc.code, "field": exc.field, "flag": flag_for(args, exc.field),
+                          "error": str(exc)}))
     else:
-        print(f"longcat {args.command}: error: {exc}", file=sys.stderr)
+        # Name what the user typed: --steps, not the API's num_inference_steps.
+        flag = flag_for(args, exc.field)
+        text = f"{flag}: {exc.reason}" if flag else str(exc)
+        print(f"longcat {args.command}: error: {text}", file=sys.stderr)
     return code
 
 

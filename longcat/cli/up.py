@@ -62,7 +62,8 @@ def register(sub) -> None:
     p.add_argument("--service-arg", action="append", default=[], metavar="SERVICE:FLAG",
                    help="an extra flag for every process of one service, e.g. --service-arg=denoiser:--no-cfg-batch "
                         "or --service-arg=encoder:--cache-mb=0; repeatable")
-    p.add_argument("--service-log-level", default="INFO", help="the services' log level (default INFO)")
+    p.add_argument("--service-log-level", default=os.environ.get("LONGCAT_LOG_LEVEL") or "INFO",
+                   help="the services' log level (default $LONGCAT_LOG_LEVEL, else INFO)")
     p.add_argument("--start-timeout-s", type=float, default=600.0,
                    help="how long the services get to become healthy (default 600; model downloads count)")
     p.add_argument("--stop-timeout-s", type=float, default=60.0,

@@ -10,6 +10,7 @@ import grpc
 
 from longcat.client import requests as rq
 from longcat.client.errors import from_rpc_error
+from longcat.client.reach import is_connect_failure, no_gateway, nothing_listening
 from longcat.client.sync import TERMINAL, _job_error, resolve_address
 from longcat.errors import NotFound
 from longcat.rpc.channel import DEFAULT_MAX_MESSAGE_MB
@@ -26,6 +27,7 @@ class AsyncLongCatClient:
         key = api_key if api_key is not None else os.environ.get("LONGCAT_API_KEY")
         self.metadata = [("authorization", f"Bearer {key}")] if key else []
         self.timeout, self.retries, self.backoff_s = timeout, retries, backoff_s
+        self.connected = False  # set by the first answer; until then a refused connection fails at once
         self.edits = edit_pb2_grpc.EditServiceStub(self.channel)
         self.training = training_pb2_grpc.TrainingServiceStub(self.channel)
         self.adapters = adapters_pb2_grpc.AdapterServiceStub(self.channel)
@@ -34,10 +36,18 @@ class AsyncLongCatClient:
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
-                return await method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+                answer = await method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+                self.connected = True
+                return answer
             except grpc.aio.AioRpcError as err:
-                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                if err.code() != grpc.StatusCode.UNAVAILABLE:
+                    self.connected = True
                     raise from_rpc_error(err) from None
+                if not self.connected and nothing_listening(self.address):
+                    raise no_gateway(self.address) from None
+                if attempt == self.retries:
+                    raise (no_gateway(self.address) if is_connect_failure(err.details())
+                           else from_rpc_error(err)) from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -105,7 +115,7 @@ class AsyncLongCatClient:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def train(self, config, dataloader, name: str = "") -> edit_pb2.Job:
+    async def train(self, config, dataloader=None, name: str = "") -> edit_pb2.Job:
         from longcat.client.datasets import LocalTrainingJob
 
         return await self._call(self.training.SubmitTraining, LocalTrainingJob.load(config, dataloader, name).request())

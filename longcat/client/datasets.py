@@ -12,7 +12,7 @@ from pathlib import Path
 
 from longcat.api import jsonc
 from longcat.client import requests as rq
-from longcat.errors import InvalidArgument
+from longcat.errors import InvalidArgument, NotFound
 
 PATH_FIELDS = ("instance_data_dir", "cache_dir_vae", "cache_dir", "output_dir")
 
@@ -23,7 +23,23 @@ def _load(source, field: str, base: Path):
     path = Path(source)
     if path.is_file():
         return jsonc.loads(path.read_text(), field), path.parent
-    return jsonc.loads(str(source), field), base
+    text = str(source).strip()
+    if not text.startswith(("{", "[")):  # meant as a file name: say it is missing, not "not valid JSON"
+        raise NotFound(f"no such file {str(source)!r}", field)
+    return jsonc.loads(text, field), base
+
+
+def dataloader_from_config(config: dict, config_dir: Path, base: Path | None = None) -> Path:
+    """The quickstart's ``train --config FILE`` alone: the dataloader JSON named by the config's
+    ``data_backend_config``, relative to the working directory (as SimpleTuner reads it) or to the config."""
+    named = config.get("data_backend_config") or config.get("--data_backend_config")
+    if not named:
+        raise InvalidArgument("give --dataloader, or set data_backend_config in the config", "dataloader")
+    for candidate in ((base or Path.cwd()) / Path(str(named)).expanduser(), config_dir / str(named)):
+        if candidate.is_file():
+            return candidate
+    raise NotFound(f"{named!r} (the config's data_backend_config) is not a file; "
+                   "give --dataloader or fix the path", "data_backend_config")
 
 
 @dataclass
@@ -38,6 +54,8 @@ class LocalTrainingJob:
     def load(cls, config, dataloader, name: str = "", base_dir=None) -> "LocalTrainingJob":
         base = Path(base_dir or os.getcwd())
         cfg, cfg_dir = _load(config, "config", base)
+        if dataloader is None and isinstance(cfg, dict):
+            dataloader = dataloader_from_config(cfg, cfg_dir, base)
         loader, loader_dir = _load(dataloader, "dataloader", base)
         if isinstance(loader, dict) and isinstance(loader.get("datasets"), list):
             loader = loader["datasets"]

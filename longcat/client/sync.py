@@ -19,6 +19,7 @@ import grpc
 
 from longcat.client import requests as rq
 from longcat.client.errors import from_rpc_error
+from longcat.client.reach import is_connect_failure, no_gateway, nothing_listening
 from longcat.errors import InvalidArgument, NotFound, Unavailable
 from longcat.rpc.channel import make_channel
 from longcat.v1 import adapters_pb2, adapters_pb2_grpc, edit_pb2, edit_pb2_grpc, training_pb2, training_pb2_grpc
@@ -41,6 +42,7 @@ class LongCatClient:
         self.timeout = timeout
         self.retries = retries
         self.backoff_s = backoff_s
+        self.connected = False  # set by the first answer; until then a refused connection fails at once
         self.edits = edit_pb2_grpc.EditServiceStub(self.channel)
         self.training = training_pb2_grpc.TrainingServiceStub(self.channel)
         self.adapters = adapters_pb2_grpc.AdapterServiceStub(self.channel)
@@ -51,9 +53,18 @@ class LongCatClient:
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             try:
-                return method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+                answer = method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+                self.connected = True
+                return answer
             except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                if err.code() != grpc.StatusCode.UNAVAILABLE:
+                    self.connected = True
+                    raise from_rpc_error(err) from None
+                if not self.connected and nothing_listening(self.address):
+                    raise no_gateway(self.address) from None
+                if attempt == self.retries:
+                    if is_connect_failure(err.details()):
+                        raise no_gateway(self.address) from None
                     raise from_rpc_error(err) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -164,7 +175,7 @@ class LongCatClient:
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None
 
-    def train(self, config, dataloader, name: str = "", upload: str = "auto",
+    def train(self, config, dataloader=None, name: str = "", upload: str = "auto",
               base_dir: str | Path | None = None) -> edit_pb2.Job:
         """Submit the quickstart's config.json + dataloader JSON (paths, text or parsed objects).
 

@@ -30,9 +30,22 @@ def unpack_latents(packed: torch.Tensor, geometry: Geometry) -> torch.Tensor:
     return x.reshape(b, ch // 4, h, w)
 
 
+def position_dtype(device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype position ids take on ``device``: as the pipeline builds them, except on Apple MPS, which has
+    no float64 (the quickstart's troubleshooting: "pos-ids are lowered to float32 on MPS")."""
+    if device is not None and torch.device(device).type == "mps" and dtype == torch.float64:
+        return torch.float32
+    return dtype
+
+
+def _place(ids: torch.Tensor, device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return ids.to(dtype=position_dtype(device, dtype or ids.dtype)).to(device)
+
+
 def text_position_ids(num_tokens: int, device=None) -> torch.Tensor:
     """Text tokens sit on the diagonal: (0, i, i)."""
-    return prepare_pos_ids(modality_id=TEXT_MODALITY, type="text", start=(0, 0), num_token=num_tokens).to(device)
+    return _place(prepare_pos_ids(modality_id=TEXT_MODALITY, type="text", start=(0, 0), num_token=num_tokens),
+                  device)
 
 
 def image_position_ids(geometry: Geometry, text_len: int, device=None) -> torch.Tensor:
@@ -42,4 +55,4 @@ def image_position_ids(geometry: Geometry, text_len: int, device=None) -> torch.
     noisy = prepare_pos_ids(modality_id=NOISY_MODALITY, type="image", start=start, height=th, width=tw)
     ref = prepare_pos_ids(modality_id=REFERENCE_MODALITY, type="image", start=start, height=th, width=tw)
     # The pipeline builds the reference ids in float64 and concatenates: keep that promotion for parity.
-    return torch.cat([noisy.to(device), ref.to(device, dtype=torch.float64)], dim=0)
+    return torch.cat([_place(noisy, device), _place(ref, device, torch.float64)], dim=0)

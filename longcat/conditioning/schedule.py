@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from diffusers.pipelines.longcat_image.pipeline_longcat_image_edit import calculate_shift
@@ -23,13 +21,29 @@ def set_inference_timesteps(scheduler, steps: int, image_seq_len: int, device) -
     return scheduler.timesteps
 
 
-def shift_sigmas(sigmas: torch.Tensor, mu: float) -> torch.Tensor:
-    """The flow-matching time shift exp(mu) / (exp(mu) + (1/s - 1)), as the scheduler applies it."""
-    return math.exp(mu) / (math.exp(mu) + (1.0 / sigmas - 1.0))
+def shift_sigmas(sigmas: torch.Tensor, mu: float, scheduler_config) -> torch.Tensor:
+    """The scheduler's own ``time_shift(mu, 1.0, sigmas)`` (exponential or linear, as its config says), as
+    Meituan's edit-LoRA script calls it: no copy of the formula to drift from the one inference uses."""
+    return _scheduler(scheduler_config).time_shift(mu, 1.0, sigmas)
 
 
 def sample_training_sigmas(batch: int, image_seq_len: int, scheduler_config, generator=None,
                            device=None) -> torch.Tensor:
     """Meituan's edit LoRA recipe: sigma = shift(sigmoid(N(0, 1))) with the same dynamic shift as inference."""
     u = torch.randn(batch, generator=generator, device="cpu").sigmoid()
-    return shift_sigmas(u, shift_mu(image_seq_len, scheduler_config)).to(device)
+    return shift_sigmas(u, shift_mu(image_seq_len, scheduler_config), scheduler_config).to(device)
+
+
+_SCHEDULERS: dict[str, object] = {}
+
+
+def _scheduler(scheduler_config):
+    """A scheduler built from ``scheduler_config`` (a config, or a scheduler itself), one per distinct config."""
+    if hasattr(scheduler_config, "time_shift"):
+        return scheduler_config
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    key = repr(sorted(dict(scheduler_config).items()))
+    if key not in _SCHEDULERS:
+        _SCHEDULERS[key] = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
+    return _SCHEDULERS[key]

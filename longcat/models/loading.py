@@ -18,6 +18,7 @@ import torch
 from longcat.api.models import TINY, TINY_TURBO, cache_dir, is_tiny, is_tiny_turbo, tiny_dir, tiny_seed  # noqa: F401 (re-exported)
 from longcat.errors import InvalidArgument, NotFound
 from longcat.models.precision import Precision, quantize_module, resolve_precision
+from longcat.quiet import silence_libraries
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,10 @@ def load_components(
     revision: str | None = None,
 ) -> Components:
     """Load the named components of ``model`` onto ``device`` at ``precision``."""
+    import diffusers  # noqa: F401  (imported here so that their loading bars can be turned off first)
+    import transformers  # noqa: F401
+
+    silence_libraries()
     path = resolve_model(model)
     device = pick_device(device)
     prec = resolve_precision(precision, device)

@@ -191,6 +191,12 @@ MODEL_INDEX = {
 def build_tiny_model(out: str | os.PathLike, seed: int = 0, turbo: bool = False) -> Path:
     """Write a tiny random LongCat-Image-Edit in diffusers format to ``out`` and return its path.
     ``turbo``: the Edit-Turbo variant (same architecture; its folder says 8 steps, no CFG)."""
+    import diffusers  # noqa: F401  (imported first so that "Writing model shards" bars can be turned off)
+    import transformers  # noqa: F401
+
+    from longcat.quiet import silence_libraries
+
+    silence_libraries()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(seed)

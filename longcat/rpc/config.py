@@ -29,6 +29,8 @@ class EnvDefaults(argparse.ArgumentParser):
 
     def add_argument(self, *names, **kwargs):
         long = next((n for n in names if n.startswith("--")), None)
+        if kwargs.get("action") in ("help", "version"):  # --help is not a setting: no LONGCAT_HELP
+            return super().add_argument(*names, **kwargs)
         if long and "default" in kwargs and kwargs.get("action") not in ("store_true", "store_false"):
             env = os.environ.get(env_name(long))
             if env is not None:

@@ -11,8 +11,11 @@ ADAPTER_NAME = "lc_training"  # PEFT adapter name; no dots (PEFT keys layers by 
 
 
 def add_training_lora(transformer, rank: int, alpha: float, targets: list[str], dropout: float = 0.0,
-                      seed: int = 0) -> list[torch.nn.Parameter]:
-    """Wrap ``targets`` with a fresh LoRA (seeded init) and return its parameters, the only trainable ones."""
+                      seed: int = 0, init: str = "gaussian") -> list[torch.nn.Parameter]:
+    """Wrap ``targets`` with a fresh LoRA (seeded init) and return its parameters, the only trainable ones.
+
+    ``init``: "gaussian" (Meituan's edit-LoRA recipe: A ~ N(0, 1/rank)) or "default" (PEFT's kaiming-uniform
+    A); B starts at zero either way, so a fresh adapter changes nothing."""
     from peft import LoraConfig
 
     if getattr(transformer, "peft_config", None):
@@ -24,7 +27,8 @@ def add_training_lora(transformer, rank: int, alpha: float, targets: list[str], 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                                           target_modules=list(targets), init_lora_weights=True),
+                                           target_modules=list(targets),
+                                           init_lora_weights="gaussian" if init == "gaussian" else True),
                                 adapter_name=ADAPTER_NAME)
     params = lora_parameters(transformer)
     for p in params:

@@ -43,6 +43,7 @@ class TrainResult:
     validation_images: dict[int, list[Path]] = field(default_factory=dict)
     cache_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     resumed_from: Path | None = None
+    result_images: list[Path] = field(default_factory=list)  # loss.png, validation/grid.png
 
 
 class Trainer:
@@ -122,7 +123,8 @@ class Trainer:
         total = c.max_train_steps or c.num_train_epochs * len(sampler)
 
         rank, alpha = c.lora_rank, c.effective_lora_alpha
-        params = add_training_lora(transformer, rank, alpha, c.lora_target_modules, c.lora_dropout, seed)
+        params = add_training_lora(transformer, rank, alpha, c.lora_target_modules, c.lora_dropout, seed,
+                                   init=c.lora_init_type)
         if c.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
         transformer.train()
@@ -182,6 +184,7 @@ class Trainer:
             result.adapter_path = write_adapter(transformer, out, rank, alpha)
             if validator:
                 self._validate(validator, state.step, result)
+            self._write_result_images(out, result, validator)
         result.summary_path = write_summary(out, self._summary(result, components, report, train_pairs,
                                                                 val_pairs, prepared, time.time() - started))
         if result.status == "completed":
@@ -214,6 +217,23 @@ class Trainer:
         images = validator.render(f"step-{step}")
         result.validation_images[step] = images
         self.events.emit("validation", step=step, images=[str(p) for p in images])
+
+    def _write_result_images(self, out: Path, result: TrainResult, validator: Validator | None) -> None:
+        """loss.png and validation/grid.png next to the adapter, announced as one event (clients fetch them)."""
+        from PIL import Image
+
+        from longcat.training.result_images import GRID_FILE, LOSS_FILE, write_loss_plot, write_validation_grid
+
+        files = [write_loss_plot(result.losses, out / LOSS_FILE)]
+        if validator and result.validation_images:
+            rows = [(f"step {step}", [Image.open(p) for p in paths])
+                    for step, paths in sorted(result.validation_images.items())]
+            files.append(write_validation_grid([i.reference for i in validator.items],
+                                               [i.caption for i in validator.items], rows,
+                                               out / VALIDATION_DIR / GRID_FILE))
+        result.result_images = files
+        self.events.emit("result_images", step=result.step, paths=[str(p) for p in files],
+                         names=[str(p.relative_to(out)) for p in files])
 
     def _give_back(self, transformer, checkpointing: bool) -> None:
         """Leave lent components as we found them: no LoRA, checkpointing as it was, eval mode."""

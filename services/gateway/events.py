@@ -31,6 +31,9 @@ def to_event(store: JobStore, job_id: str, event_id: str, fields: dict) -> edit_
         ev.validation.CopyFrom(edit_pb2.ValidationImage(
             step=_f(fields, "step", int), index=_f(fields, "index", int), prompt=as_str(fields.get("prompt", b"")),
             image_png=fields.get("image_png", b"")))
+    elif kind == "result_image":
+        ev.result_image.CopyFrom(edit_pb2.ResultImage(name=as_str(fields.get("name", b"")),
+                                                      image_png=fields.get("image_png", b"")))
     elif kind == "checkpoint":
         ev.checkpoint.CopyFrom(edit_pb2.Checkpoint(step=_f(fields, "step", int), path=as_str(fields.get("path", b""))))
     elif kind == "terminal":

@@ -181,6 +181,15 @@ def _event_fields(event: dict) -> list[dict]:
             out.append({"kind": "validation", "state": "RUNNING", "step": event["step"], "index": i,
                         "prompt": prompts[i] if i < len(prompts) else "", "image_png": png})
         return out
+    if kind == "result_images":  # loss.png and validation/grid.png, inline like validation edits
+        out = []
+        for path, name in zip(event.get("paths") or [], event.get("names") or []):
+            try:
+                out.append({"kind": "result_image", "state": "RUNNING", "name": name,
+                            "image_png": Path(path).read_bytes()})
+            except OSError:
+                continue
+        return out
     if kind in ("phase", "start", "caching", "cancelled", "done"):
         return [{"kind": "message", "state": "RUNNING", "message": json.dumps(event, default=str)}]
     return []

@@ -123,7 +123,8 @@ def serve(args: TrainerSettings) -> None:
     log.info("trainer up", extra={"queue": QUEUE, "redis": redact_url(args.redis_url)})
     # Celery's own warm shutdown on SIGTERM: it stops taking jobs; the running one pauses at a checkpoint.
     try:
-        app.worker_main(["worker", "--loglevel", args.log_level, "--queues", QUEUE, "--concurrency", "1",
+        # --quiet: no banner; our own "trainer up" line above says what a person needs.
+        app.worker_main(["--quiet", "worker", "--loglevel", args.log_level, "--queues", QUEUE, "--concurrency", "1",
                          "--pool", "threads", "--without-gossip", "--without-mingle", "--hostname",
                          f"trainer-{os.getpid()}@%h"])
     finally:
