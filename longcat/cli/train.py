@@ -56,7 +56,7 @@ def run(args) -> int:
 
 def _output_dir(config_path: str) -> str:
     """The config's output_dir as the user wrote it (SimpleTuner puts a run's results there)."""
-    from longcat.training import jsonc
+    from longcat.api import jsonc
 
     try:
         raw, _ = jsonc.load(config_path, "config")

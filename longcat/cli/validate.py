@@ -23,8 +23,9 @@ QUICKSTART_FLAGS = {
 def load_training_files(config_path: str, dataloader_path: str | None, overrides: dict | None = None):
     """config.json (+ overrides) and its dataloader JSON: ``--dataloader``, else the config's
     ``data_backend_config`` (relative to the working directory, then to the config's folder)."""
+    from longcat.api import jsonc
     from longcat.errors import InvalidArgument, NotFound
-    from longcat.training import jsonc, parse_config, parse_dataloader
+    from longcat.training import parse_config, parse_dataloader
 
     raw, _ = jsonc.load(config_path, "config")
     if isinstance(raw, dict) and overrides:
