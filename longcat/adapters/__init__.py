@@ -3,7 +3,7 @@
 Names resolve lazily (PEP 562): the registry and the store never load torch; the formats and manager do.
 """
 
-import importlib
+from longcat.lazy import lazy_exports
 
 _EXPORTS = {
     "OFFICIAL_TARGET_MODULES": "longcat.api.names", "validate_name": "longcat.api.names",
@@ -12,10 +12,4 @@ _EXPORTS = {
     "save_peft_format": "longcat.adapters.formats", "AdapterManager": "longcat.adapters.manager",
     "parse_refs": "longcat.adapters.manager", "AdapterStore": "longcat.adapters.store",
 }
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -3,7 +3,7 @@
 Names resolve lazily (PEP 562), so importing a torch-free module under ``longcat.engine`` never loads torch.
 """
 
-import importlib
+from longcat.lazy import lazy_exports
 
 _EXPORTS = {
     "DenoiseJob": "longcat.engine.denoise", "DenoiseLoop": "longcat.engine.denoise",
@@ -12,10 +12,4 @@ _EXPORTS = {
     "AdapterRef": "longcat.api.edit", "EditRequest": "longcat.api.edit", "Limits": "longcat.api.edit",
     "ValidatedRequest": "longcat.api.edit", "validate_request": "longcat.api.edit",
 }
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

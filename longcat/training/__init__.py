@@ -8,7 +8,7 @@ The job's description (config.json, dataloader JSON, dataset checks, path policy
 Names resolve lazily (PEP 562): importing one module here does not load the whole model stack.
 """
 
-import importlib
+from longcat.lazy import lazy_exports
 
 _EXPORTS = {
     "TrainingConfig": "longcat.api.training_config", "parse_config": "longcat.api.training_config",
@@ -22,10 +22,4 @@ _EXPORTS = {
     "resolve_inside": "longcat.api.datasets", "validate_datasets": "longcat.api.datasets",
     "ValidationRun": "longcat.training.validation", "run_validation": "longcat.training.validation",
 }
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
