@@ -144,8 +144,15 @@ class StackPlan:
 
 def parse_redis_url(url: str, data_dir: Path, logs_dir: Path) -> RedisSpec:
     u = urlparse(url)
-    if u.scheme not in ("redis", "rediss", "unix"):
+    if u.scheme not in ("redis", "rediss", "unix", "redis+sentinel", "sentinel"):
         raise InvalidArgument(f"{url!r} is not a redis:// URL", "redis_url")
+    if u.scheme in ("redis+sentinel", "sentinel"):  # Sentinels: never started privately; the first for messages
+        from longcat.jobs.redis_url import parse
+
+        target = parse(url)
+        host, port = target.sentinels[0]
+        return RedisSpec(url=url, host=host, port=port, password=target.password, data_dir=data_dir / "redis",
+                         log_path=logs_dir / "redis.log")
     return RedisSpec(url=url, host=u.hostname or "127.0.0.1", port=u.port or 6379, password=u.password,
                      data_dir=data_dir / "redis", log_path=logs_dir / "redis.log")
 
