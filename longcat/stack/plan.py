@@ -71,6 +71,8 @@ class StackOptions:
     namespace: str = "lc"
     log_level: str = "INFO"
     extra: dict[str, list[str]] = field(default_factory=dict)   # service kind -> extra flags
+    redis_ha: bool = False   # a local primary + replica + 3 Sentinels under <data-dir>/redis-ha (redis_url unused)
+    redis_ha_down_after_ms: int = 5000   # how soon the Sentinels fail over from a silent primary
 
 
 @dataclass
