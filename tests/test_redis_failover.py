@@ -138,9 +138,23 @@ def _failover_run(ha_stack, gateway: str) -> dict:
     assert primary is not None
     pid = int(primary.client().info("server")["process_id"])  # the live one (the supervisor restarts nodes)
     acked_before_kill = len(sub.acked)
-    sub.kill_at = time.monotonic()
-    print(f"\nkill {primary.name} pid {pid} at {time.time():.3f}", flush=True)
-    os.kill(pid, signal.SIGKILL)
+    # A lost node, not a restart: `longcat up` would restart the killed redis-server within a second (before
+    # Sentinel decides), so its config is moved away until the replica has been promoted; then it returns
+    # and Sentinel makes it a replica of the new primary.
+    away = primary.conf.with_suffix(".away")
+    primary.conf.rename(away)
+    try:
+        sub.kill_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = ha.primary()
+            if now is not None and now.port != primary.port:
+                break
+            time.sleep(0.05)
+        promoted_s = time.monotonic() - sub.kill_at
+    finally:
+        away.rename(primary.conf)
     deadline = time.monotonic() + 60
     while sub.recovered_at is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -183,13 +197,13 @@ def _failover_run(ha_stack, gateway: str) -> dict:
     request_ids = [r.hget(keys.job(j), "request_id") for j in states if states[j] is not None]
     client.close()
     r.close()
-    return {"recovery_s": recovery_s, "acked": len(sub.acked), "acked_before_kill": acked_before_kill,
+    return {"recovery_s": recovery_s, "promoted_s": promoted_s, "acked": len(sub.acked), "acked_before_kill": acked_before_kill,
             "lost": lost, "states": states, "terminal_events": terminal_events, "codes": sub.codes,
             "train": final_train, "request_ids": request_ids}
 
 
 def _report(name: str, out: dict) -> None:
-    summary = {"run": name, "recovery_s": round(out["recovery_s"], 2), "acknowledged": out["acked"],
+    summary = {"run": name, "promoted_s": round(out["promoted_s"], 2), "recovery_s": round(out["recovery_s"], 2), "acknowledged": out["acked"],
                "lost": len(out["lost"]), "codes": out["codes"], "training": edit_pb2.JobState.Name(out["train"].state)}
     print("\nFAILOVER " + json.dumps(summary))
 
