@@ -95,8 +95,9 @@ class LocalRedisHA:
 
     def __init__(self, root: Path, password: str | None = None, down_after_ms: int = 5000,
                  failover_timeout_ms: int = 10000, master: str = MASTER, popen_kwargs: dict | None = None,
-                 command_prefix: list[str] = ()):
+                 command_prefix: list[str] = (), replicas: int = 1):
         self.root = Path(root)
+        self.replicas = replicas  # with durable acknowledgement, 2 keep acknowledging after losing one node
         self.master = master
         self.password = password
         self.down_after_ms = down_after_ms
@@ -116,7 +117,8 @@ class LocalRedisHA:
         if layout.exists():
             ports = json.loads(layout.read_text())
         else:
-            ports = {"a": free_port(), "b": free_port(), "s": [free_port() for _ in range(3)]}
+            ports = {"a": free_port(), "b": free_port(), "s": [free_port() for _ in range(3)],
+                     "more": [free_port() for _ in range(self.replicas - 1)]}
             self._write_configs(ports)
             layout.write_text(json.dumps(ports))
         logs = self.root / "logs"
@@ -124,12 +126,15 @@ class LocalRedisHA:
                                                logs / f"{name}.log", self.password, self.popen_kwargs,
                                                self.command_prefix)
         self.nodes = [make("redis-a", "server", ports["a"]), make("redis-b", "server", ports["b"]),
+                      *[make(f"redis-{chr(ord('c') + i)}", "server", p) for i, p in enumerate(ports.get("more", []))],
                       *[make(f"sentinel-{i}", "sentinel", p) for i, p in enumerate(ports["s"])]]
         return self
 
     def _write_configs(self, ports: dict) -> None:
         common = ["bind 127.0.0.1", "protected-mode no", "daemonize no", 'logfile ""']
-        for name, port, replica_of in (("redis-a", ports["a"], None), ("redis-b", ports["b"], ports["a"])):
+        data = [("redis-a", ports["a"], None), ("redis-b", ports["b"], ports["a"]),
+                *[(f"redis-{chr(ord('c') + i)}", p, ports["a"]) for i, p in enumerate(ports.get("more", []))]]
+        for name, port, replica_of in data:
             d = self.root / name
             d.mkdir(parents=True, exist_ok=True)
             lines = [*common, f"port {port}", f"dir {d}", "appendonly yes", "appendfsync everysec", 'save ""',
@@ -182,7 +187,7 @@ class LocalRedisHA:
                 client.close()
         return None
 
-    def replica(self) -> HANode | None:
+    def replica(self) -> HANode | None:  # one of them
         primary = self.primary()
         return next((n for n in self.servers if n is not primary), None)
 
@@ -220,11 +225,13 @@ class LocalRedisHA:
         if primary is None:
             return False
         info = primary.client().info("replication")
-        if info.get("connected_slaves", 0) < 1 or info.get("slave0", {}).get("state") != "online":
+        want = len(self.servers) - 1
+        if info.get("connected_slaves", 0) < want or \
+                any(info.get(f"slave{i}", {}).get("state") != "online" for i in range(want)):
             return False
         for s in self.sentinels:
             m = s.client().sentinel_master(self.master)
-            if int(m.get("num-other-sentinels", 0)) < 2 or int(m.get("num-slaves", 0)) < 1:
+            if int(m.get("num-other-sentinels", 0)) < 2 or int(m.get("num-slaves", 0)) < want:
                 return False
         return True
 
