@@ -52,6 +52,9 @@ def register(sub) -> None:
     p.add_argument("--redis-ha-down-after-ms", type=int, default=5000,
                    help="with --redis-ha: how long the primary may be silent before the Sentinels promote the "
                         "replica (default 5000; written into the Sentinels' config on the first run)")
+    p.add_argument("--redis-ha-replicas", type=int, default=1,
+                   help="with --redis-ha: replicas of the primary (default 1; 2 keep durable acknowledgement "
+                        "going after one node is lost; fixed on the first run)")
     p.add_argument("--namespace", default="lc", help="Redis key prefix (default lc)")
     p.add_argument("--workers", type=int, default=1, help="denoiser workers (default 1)")
     p.add_argument("--no-trainer", dest="trainer", action="store_false", help="don't start the trainer")
@@ -97,7 +100,8 @@ def options(args):
                         data_root=args.data_root, output_root=args.output_root, api_keys_file=args.api_keys_file,
                         device=args.device, precision=args.precision, namespace=args.namespace,
                         log_level=args.service_log_level, extra=extra, redis_ha=args.redis_ha,
-                        redis_ha_down_after_ms=args.redis_ha_down_after_ms)
+                        redis_ha_down_after_ms=args.redis_ha_down_after_ms,
+                        redis_ha_replicas=args.redis_ha_replicas)
 
 
 class Printer:

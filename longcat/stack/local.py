@@ -63,7 +63,8 @@ class LocalStack:
 
             down_ms = self.opts.redis_ha_down_after_ms
             self.redis_ha = LocalRedisHA(make_plan(self.opts).data_dir / "redis-ha", down_after_ms=down_ms,
-                                         failover_timeout_ms=max(3 * down_ms, 3000)).prepare()
+                                         failover_timeout_ms=max(3 * down_ms, 3000),
+                                         replicas=self.opts.redis_ha_replicas).prepare()
             self.opts = dataclasses.replace(self.opts, redis_url=self.redis_ha.url)
         plan = make_plan(self.opts)                       # validates options and paths
         self.redis_owned = self.redis_ha is None and redis_local.probe(plan.redis.url) == "down"

@@ -73,6 +73,7 @@ class StackOptions:
     extra: dict[str, list[str]] = field(default_factory=dict)   # service kind -> extra flags
     redis_ha: bool = False   # a local primary + replica + 3 Sentinels under <data-dir>/redis-ha (redis_url unused)
     redis_ha_down_after_ms: int = 5000   # how soon the Sentinels fail over from a silent primary
+    redis_ha_replicas: int = 1           # 2: durable acknowledgement goes on after losing one node
 
 
 @dataclass
