@@ -92,3 +92,19 @@ def test_durable_ack_passes_with_a_replica_and_a_client_follows_a_failover(ha):
     assert view is not None and view.state == "QUEUED", "the acknowledged job survived the failover"
     assert ha.primary() is not old
     assert errors <= {"ConnectionError", "MasterNotFoundError", "TimeoutError", "ReadOnlyError"}, errors
+
+
+def test_a_training_job_whose_claim_a_failover_lost_is_dispatched_again(redis_server):
+    """Marked active by a worker, QUEUED again on the promoted replica (the claim was not replicated), no
+    lease: the reaper hands it to the trainers again instead of leaving it queued with no Celery message."""
+    from services.trainer.reaper import reap_once
+
+    store = JobStore(connect(redis_server.url), Keys("reap-failover"))
+    job_id, _, _ = store.submit("training", "o", b"req")
+    sent = []
+    assert reap_once(store, sent.append) == [] and sent == []   # not active: Celery still carries it
+    store.mark_active(job_id)
+    store.r.delete(store.k.lock("train-reaper"))
+    assert reap_once(store, sent.append) == [job_id] and sent == [job_id]
+    store.r.delete(store.k.lock("train-reaper"))
+    assert reap_once(store, sent.append) == []                  # once per attempt, not every pass
