@@ -36,11 +36,12 @@ protos: venv
 
 # The stack queues jobs in Redis: install the distribution's server when it is missing (tests start their own
 # private redis-server processes; nothing here touches a Redis that is already running).
+# redis-sentinel: `longcat up --redis-ha` and the failover tests (a primary, a replica and three Sentinels).
 redis:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server (Debian/Ubuntu package)"; \
+	@{ command -v redis-server && command -v redis-sentinel; } >/dev/null || { \
+	  echo "installing redis-server and redis-sentinel (Debian/Ubuntu packages)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server redis-sentinel >/dev/null; }
 
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 # Lint (ruff: pyflakes + import order) and the layer contracts (import-linter, [tool.importlinter]) first.

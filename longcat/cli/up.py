@@ -45,6 +45,16 @@ def register(sub) -> None:
                    help="Redis for jobs and events; when none answers there (and it is on this machine) a "
                         "private redis-server is started on its port (default $LONGCAT_REDIS_URL or "
                         f"{DEFAULT_REDIS_URL})")
+    p.add_argument("--redis-ha", action="store_true",
+                   help="instead of one Redis: a local primary, a replica and three Sentinels (redis-server, "
+                        "redis-sentinel) on free ports under DATA_DIR/redis-ha; the services connect through "
+                        "the Sentinels and follow a failover (for tests and demos; --redis-url is unused)")
+    p.add_argument("--redis-ha-down-after-ms", type=int, default=5000,
+                   help="with --redis-ha: how long the primary may be silent before the Sentinels promote the "
+                        "replica (default 5000; written into the Sentinels' config on the first run)")
+    p.add_argument("--redis-ha-replicas", type=int, default=1,
+                   help="with --redis-ha: replicas of the primary (default 1; 2 keep durable acknowledgement "
+                        "going after one node is lost; fixed on the first run)")
     p.add_argument("--namespace", default="lc", help="Redis key prefix (default lc)")
     p.add_argument("--workers", type=int, default=1, help="denoiser workers (default 1)")
     p.add_argument("--no-trainer", dest="trainer", action="store_false", help="don't start the trainer")
@@ -90,7 +100,9 @@ def options(args):
                         trainer=args.trainer, data_dir=args.data_dir, adapter_dir=args.adapter_dir,
                         data_root=args.data_root, output_root=args.output_root, api_keys_file=args.api_keys_file,
                         device=args.device, precision=args.precision, namespace=args.namespace,
-                        log_level=args.service_log_level, extra=extra)
+                        log_level=args.service_log_level, extra=extra, redis_ha=args.redis_ha,
+                        redis_ha_down_after_ms=args.redis_ha_down_after_ms,
+                        redis_ha_replicas=args.redis_ha_replicas)
 
 
 class Printer:
@@ -119,7 +131,7 @@ class Printer:
             where = f"{p.address}" if name != "redis" else f"127.0.0.1:{p.port} (private, data {p.spec.data_dir})"
             self.line(name, f"starting on {where}, pid {child.pid}, log {p.log_path}")
         elif event == "serving":
-            what = "PONG" if name == "redis" else "SERVING"
+            what = "PONG" if name.startswith(("redis", "sentinel")) else "SERVING"
             self.line(name, f"{what} after {kw['after_s']:.1f}s" + (f" (restart {child.restarts})"
                                                                     if kw.get("restarted") else ""))
             if kw.get("restarted"):
@@ -173,7 +185,7 @@ def run(args) -> int:
                 redis = {**info["redis"], "url": redact_url(info["redis"]["url"])}
                 print(f"LongCat stack up in {time.monotonic() - printer.t0:.0f}s: gateway {info['gateway']}\n"
                       f"  export LONGCAT_GATEWAY={info['gateway']}\n"
-                      f"  redis {redis['url']} ({'private, pid %s' % redis['pid'] if redis['owned'] else 'existing'})"
+                      f"  redis {redis['url']} ({'private, pid %s' % redis['pid'] if redis['owned'] else 'private: primary, replica, 3 Sentinels' if info.get('redis_ha') else 'existing'})"
                       f", model {info['model']}\n"
                       f"  logs {stack.plan.logs_dir}   (Ctrl-C stops everything)", flush=True)
             stack.run()

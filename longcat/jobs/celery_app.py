@@ -16,9 +16,15 @@ QUEUE = "longcat.training"
 TASK = "longcat.train"
 
 
-def make_app(broker_url: str, visibility_timeout_s: int = 7 * 24 * 3600):
+def make_app(redis_url: str, visibility_timeout_s: int = 7 * 24 * 3600):
+    """``redis_url`` is the stack's URL (plain or ``redis+sentinel://``): the broker follows a failover through
+    kombu's ``sentinel://`` transport. Results are not kept in Celery (job state lives in the job store); were a
+    result backend configured, it would take the same URL and ``result_backend_transport_options``."""
     from celery import Celery  # the [train] extra
 
+    from longcat.jobs.redis_url import celery_broker
+
+    broker_url, transport = celery_broker(redis_url)
     app = Celery("longcat-trainer", broker=broker_url)
     app.conf.update(
         task_default_queue=QUEUE,
@@ -32,7 +38,8 @@ def make_app(broker_url: str, visibility_timeout_s: int = 7 * 24 * 3600):
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": visibility_timeout_s},
+        broker_transport_options={"visibility_timeout": visibility_timeout_s, **transport},
+        result_backend_transport_options=dict(transport),
         task_serializer="json",
         accept_content=["json"],
     )

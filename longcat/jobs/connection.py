@@ -10,9 +10,11 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from longcat.errors import Unavailable
+from longcat.jobs.redis_url import make_client
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# ReadOnlyError: a write that reached a node being demoted during a failover (a switch, not a bug).
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
 
 
 def redis_url(url: str | None = None) -> str:
@@ -20,8 +22,9 @@ def redis_url(url: str | None = None) -> str:
 
 
 def connect(url: str | None = None, socket_timeout: float = 5.0) -> redis.Redis:
-    """A client that retries a few times with backoff, then fails fast (callers answer UNAVAILABLE)."""
-    return redis.Redis.from_url(
+    """A client that retries a few times with backoff, then fails fast (callers answer UNAVAILABLE). A
+    ``redis+sentinel://`` URL gives a client that asks the Sentinels for the primary on every reconnect."""
+    return make_client(
         redis_url(url),
         socket_timeout=socket_timeout,
         socket_connect_timeout=2.0,

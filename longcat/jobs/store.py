@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import redis
 
 from longcat.api.keys import EDIT_GROUP, Keys
-from longcat.errors import ResourceExhausted
+from longcat.errors import ResourceExhausted, Unavailable
 from longcat.jobs import scripts
 from longcat.v1 import common_pb2, edit_pb2
 
@@ -98,10 +98,29 @@ class JobView:
         return job
 
 
+class NotReplicated(Unavailable):
+    """The primary recorded the submission, no replica confirmed it in time (durable acknowledgement)."""
+
+    def __init__(self, message: str, job_id: str, created: bool):
+        super().__init__(message)
+        self.job_id, self.created = job_id, created
+
+
+def _nogroup(exc: Exception) -> bool:
+    """The edit stream's consumer group is missing (a promoted replica that never got it, a flushed Redis)."""
+    return isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc)
+
+
 class JobStore:
+    """``durable_replicas`` > 0: a submission (and a finish) is confirmed only once ``WAIT`` reports that many
+    replicas have it (within ``durable_timeout_ms``); otherwise the submission answers UNAVAILABLE, so an
+    acknowledged job survives the loss of the primary. 0 (the default): acknowledged once the primary has it."""
+
     def __init__(self, client: redis.Redis, keys: Keys = Keys(), result_ttl_s: int = 3600,
-                 idempotency_ttl_s: int = 86400):
+                 idempotency_ttl_s: int = 86400, durable_replicas: int = 0, durable_timeout_ms: int = 1000):
         self.r = client
+        self.durable_replicas = durable_replicas
+        self.durable_timeout_ms = durable_timeout_ms
         self.k = keys
         self.result_ttl_s = result_ttl_s
         self.idempotency_ttl_s = idempotency_ttl_s
@@ -135,13 +154,29 @@ class JobStore:
         for k, v in flat.items():
             argv += [k, json.dumps(v) if isinstance(v, dict) else v]
         idem = self.k.idempotency(owner, request_id) if request_id else self.k.idempotency(owner, "-")
-        status, existing, position = self._submit(
-            keys=[idem, self.k.job(job_id), self.k.request(job_id), self.queue_key(kind), self.k.edit_stream,
-                  self.k.events(job_id), self.k.sequence, self.k.owner_jobs(owner)], args=argv)
+        keys = [idem, self.k.job(job_id), self.k.request(job_id), self.queue_key(kind), self.k.edit_stream,
+                self.k.events(job_id), self.k.sequence, self.k.owner_jobs(owner)]
+        (status, existing, position), replicas = self._write(self._submit, keys, argv)
         if status == -1:
             raise ResourceExhausted(f"the {kind} queue is full ({position} jobs waiting); retry in a few "
                                     "seconds", "queue")
+        if replicas < self.durable_replicas:
+            raise NotReplicated(f"the job queue's primary took the job but {replicas} of {self.durable_replicas} "
+                              f"replica(s) confirmed it within {self.durable_timeout_ms} ms, so a failover could "
+                              "lose it; retry with the same request_id (it returns this job if it was kept)",
+                                as_str(existing), status == 1)
         return as_str(existing), status == 1, int(position)
+
+    def _write(self, script, keys: list, args: list):
+        """Run a write script; with durable acknowledgement, ``WAIT`` on the same connection right after it
+        (WAIT counts the replicas that have every write this connection made). -> (result, replicas)."""
+        if not self.durable_replicas:
+            return script(keys=keys, args=args), 0
+        pipe = self.r.pipeline(transaction=False)
+        script(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", self.durable_replicas, self.durable_timeout_ms)
+        result, replicas = pipe.execute()
+        return result, int(replicas)
 
     def get(self, job_id: str) -> JobView | None:
         raw = self.r.hgetall(self.k.job(job_id))
@@ -193,8 +228,11 @@ class JobStore:
         argv = [token, state, time.time(), error_code, reason, self.result_ttl_s]
         for k, v in (fields or {}).items():
             argv += [k, json.dumps(v) if isinstance(v, dict) else v]
-        return bool(self._finish(keys=[self.k.job(job_id), self.k.events(job_id), self.k.request(job_id),
-                                       self.k.result(job_id)], args=argv))
+        # Durable: a result the client saw survives a failover (best effort: a missing replica only risks a
+        # re-run after a failover, which the fencing token keeps to one terminal state).
+        done, _ = self._write(self._finish, [self.k.job(job_id), self.k.events(job_id), self.k.request(job_id),
+                                             self.k.result(job_id)], argv)
+        return bool(done)
 
     def progress(self, job_id: str, token: str, event: dict) -> bool:
         """Append an event if the job is still this worker's; False means stop (taken over or finished)."""
@@ -266,23 +304,44 @@ class JobStore:
                 raise
 
     def read_new(self, consumer: str, block_ms: int) -> list[tuple[str, str]]:
-        out = self.r.xreadgroup(EDIT_GROUP, consumer, {self.k.edit_stream: ">"}, count=1, block=block_ms)
+        try:
+            out = self.r.xreadgroup(EDIT_GROUP, consumer, {self.k.edit_stream: ">"}, count=1, block=block_ms)
+        except redis.ResponseError as exc:
+            if not _nogroup(exc):
+                raise
+            self.ensure_group()  # from id 0: entries still in the stream are delivered (claims are fenced)
+            return []
         return [(as_str(eid), as_str(f[b"job"])) for _, entries in out for eid, f in entries]
 
     def reclaim_stale(self, consumer: str, min_idle_ms: int) -> list[tuple[str, str]]:
         """Take over entries whose worker stopped heart-beating (died) for ``min_idle_ms``."""
-        _, entries, deleted = self.r.xautoclaim(self.k.edit_stream, EDIT_GROUP, consumer, min_idle_ms,
-                                                start_id="0-0", count=1)
+        try:
+            _, entries, deleted = self.r.xautoclaim(self.k.edit_stream, EDIT_GROUP, consumer, min_idle_ms,
+                                                    start_id="0-0", count=1)
+        except redis.ResponseError as exc:
+            if not _nogroup(exc):
+                raise
+            self.ensure_group()
+            return []
         for eid in deleted or ():  # entries trimmed away: nothing to run, drop them from the PEL
             self.r.xack(self.k.edit_stream, EDIT_GROUP, eid)
         return [(as_str(eid), as_str(f[b"job"])) for eid, f in entries if f]
 
     def heartbeat(self, consumer: str, entry_id: str) -> None:
         """Reset the entry's idle time: the job is alive on this worker."""
-        self.r.xclaim(self.k.edit_stream, EDIT_GROUP, consumer, 0, [entry_id], justid=True)
+        try:
+            self.r.xclaim(self.k.edit_stream, EDIT_GROUP, consumer, 0, [entry_id], justid=True)
+        except redis.ResponseError as exc:
+            if not _nogroup(exc):
+                raise
+            self.ensure_group()  # the entry is redelivered from the new group; our claim stays fenced
 
     def ack(self, entry_id: str) -> None:
-        self.r.xack(self.k.edit_stream, EDIT_GROUP, entry_id)
+        try:
+            self.r.xack(self.k.edit_stream, EDIT_GROUP, entry_id)
+        except redis.ResponseError as exc:
+            if not _nogroup(exc):
+                raise
         self.r.xdel(self.k.edit_stream, entry_id)
 
     def lag(self) -> int:

@@ -43,6 +43,7 @@ class LocalStack:
         self.model_path: str | None = None
         self.redis_owned = False
         self.redis: redis_local.PrivateRedis | None = None
+        self.redis_ha = None  # redis_ha.LocalRedisHA with --redis-ha
         self.supervisor: Supervisor | None = None
         self._lock = None
         self.started_at = 0.0
@@ -55,8 +56,18 @@ class LocalStack:
     # --- before anything starts ------------------------------------------------------------------------------
 
     def prepare(self) -> StackPlan:
+        if self.opts.redis_ha:  # the services get the Sentinels' URL; the five processes are ours
+            import dataclasses
+
+            from longcat.stack.redis_ha import LocalRedisHA
+
+            down_ms = self.opts.redis_ha_down_after_ms
+            self.redis_ha = LocalRedisHA(make_plan(self.opts).data_dir / "redis-ha", down_after_ms=down_ms,
+                                         failover_timeout_ms=max(3 * down_ms, 3000),
+                                         replicas=self.opts.redis_ha_replicas).prepare()
+            self.opts = dataclasses.replace(self.opts, redis_url=self.redis_ha.url)
         plan = make_plan(self.opts)                       # validates options and paths
-        self.redis_owned = redis_local.probe(plan.redis.url) == "down"
+        self.redis_owned = self.redis_ha is None and redis_local.probe(plan.redis.url) == "down"
         if self.redis_owned:
             redis_local.can_start_private(plan.redis)
         check_ports(plan.ports(with_redis=self.redis_owned))
@@ -102,6 +113,10 @@ class LocalStack:
         if self.redis_owned:
             self.redis = redis_local.PrivateRedis(plan.redis, popen_kwargs=popen, command_prefix=prefix)
             children.append(Child(self.redis, TIER_REDIS, self.redis.healthy))
+        if self.redis_ha is not None:
+            for node in self.redis_ha.nodes:
+                node.popen_kwargs, node.command_prefix = dict(popen), list(prefix)
+                children.append(Child(node, TIER_REDIS, node.healthy))
         services = []
         for s in plan.services:
             proc = ServiceProcess(s.name, s.args, plan.logs_dir, env, port=s.port, metrics_port=s.metrics_port,
@@ -113,6 +128,8 @@ class LocalStack:
         self.started_at = time.monotonic()
         if children:
             self.supervisor.start_group(children, timeout=30.0)
+        if self.redis_ha is not None:
+            self.redis_ha.wait_ready(timeout=30.0)  # replica in sync, Sentinels agree: then the services
         self.supervisor.start_group(services, timeout=self.start_timeout_s)
         self.write_state()
 
@@ -157,6 +174,9 @@ class LocalStack:
             "data_root": str(plan.data_root),
             "output_root": str(plan.output_root),
             "namespace": self.opts.namespace,
+            "redis_ha": None if self.redis_ha is None else {
+                "url": self.redis_ha.url, "root": str(self.redis_ha.root),
+                "nodes": {n.name: {"address": n.address, "pid": n.pid} for n in self.redis_ha.nodes}},
             "redis": {"url": plan.redis.url, "owned": self.redis_owned,
                       "pid": redis_child.pid if redis_child else None,
                       "data_dir": str(plan.redis.data_dir) if self.redis_owned else None,

@@ -71,6 +71,9 @@ class StackOptions:
     namespace: str = "lc"
     log_level: str = "INFO"
     extra: dict[str, list[str]] = field(default_factory=dict)   # service kind -> extra flags
+    redis_ha: bool = False   # a local primary + replica + 3 Sentinels under <data-dir>/redis-ha (redis_url unused)
+    redis_ha_down_after_ms: int = 5000   # how soon the Sentinels fail over from a silent primary
+    redis_ha_replicas: int = 1           # 2: durable acknowledgement goes on after losing one node
 
 
 @dataclass
@@ -144,8 +147,15 @@ class StackPlan:
 
 def parse_redis_url(url: str, data_dir: Path, logs_dir: Path) -> RedisSpec:
     u = urlparse(url)
-    if u.scheme not in ("redis", "rediss", "unix"):
+    if u.scheme not in ("redis", "rediss", "unix", "redis+sentinel", "sentinel"):
         raise InvalidArgument(f"{url!r} is not a redis:// URL", "redis_url")
+    if u.scheme in ("redis+sentinel", "sentinel"):  # Sentinels: never started privately; the first for messages
+        from longcat.jobs.redis_url import parse
+
+        target = parse(url)
+        host, port = target.sentinels[0]
+        return RedisSpec(url=url, host=host, port=port, password=target.password, data_dir=data_dir / "redis",
+                         log_path=logs_dir / "redis.log")
     return RedisSpec(url=url, host=u.hostname or "127.0.0.1", port=u.port or 6379, password=u.password,
                      data_dir=data_dir / "redis", log_path=logs_dir / "redis.log")
 

@@ -28,7 +28,9 @@ def probe(url: str, timeout: float = 1.0) -> str:
     answers but refuses us (wrong password, not Redis)."""
     import redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    from longcat.jobs.redis_url import make_client
+
+    client = make_client(url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         client.ping()
         return "ok"

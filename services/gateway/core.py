@@ -28,7 +28,7 @@ from longcat.api.prompts import check_prompt_length
 from longcat.api.training import Roots, TrainingSubmission
 from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound, Unavailable
 from longcat.jobs.connection import redis_unavailable_as_error
-from longcat.jobs.store import JobStore
+from longcat.jobs.store import JobStore, NotReplicated
 from longcat.rpc.errors import STATUS
 from longcat.v1 import adapters_pb2, edit_pb2, training_pb2
 from services.gateway.events import watch
@@ -159,11 +159,16 @@ class GatewayCore:
         # Every dataset problem at once (names paired both ways, captions, decodable images, separate caches).
         validate_datasets(submission.dataloader, submission.config.use_reference_captions, tokenizer=self.tokenizer)
         with redis_unavailable_as_error():
-            job_id, created, _ = self.store.submit(
-                "training", caller.owner, request.SerializeToString(), request.request_id,
-                max_queue=self.config.max_training_queue,
-                fields={"adapter_name": submission.adapter_name, "per_owner": int(self.roots.per_owner),
-                        "total_steps": submission.config.max_train_steps or 0})
+            try:
+                job_id, created, _ = self.store.submit(
+                    "training", caller.owner, request.SerializeToString(), request.request_id,
+                    max_queue=self.config.max_training_queue,
+                    fields={"adapter_name": submission.adapter_name, "per_owner": int(self.roots.per_owner),
+                            "total_steps": submission.config.max_train_steps or 0})
+            except NotReplicated as exc:  # recorded but not confirmed: hand it over anyway, so that a retry
+                if exc.created:           # with the same request_id (which returns this job) finds it running
+                    self.dispatch(exc.job_id)
+                raise
             if created:
                 self.dispatch(job_id)
             return self.store.to_proto(self.store.get(job_id))

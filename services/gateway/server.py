@@ -32,10 +32,22 @@ log = logging.getLogger("longcat.gateway")
 
 def add_stack_args(p) -> None:
     """Flags every service that talks to Redis shares."""
-    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis for jobs and events")
+    p.add_argument("--redis-url", default="redis://127.0.0.1:6379/0",
+                   help="Redis for jobs and events: redis://[:pw@]host:port/db, or through Sentinels "
+                        "redis+sentinel://[:pw@]host:26379,host2:26379/MASTER/db (follows a failover)")
     p.add_argument("--namespace", default="lc", help="Redis key prefix (several stacks can share one Redis)")
     p.add_argument("--adapter-dir", default="~/.cache/longcat/adapters", help="the shared adapter store folder")
     p.add_argument("--result-ttl-s", type=int, default=3600, help="how long finished jobs and results are kept")
+    p.add_argument("--durable-ack-replicas", type=int, default=0,
+                   help="acknowledge a submission only once this many Redis replicas have it (WAIT), else "
+                        "UNAVAILABLE; 0 = once the primary has it (fast; a failover can lose the last writes)")
+    p.add_argument("--durable-ack-timeout-ms", type=int, default=1000,
+                   help="how long a submission waits for the replicas (with --durable-ack-replicas)")
+
+
+def durability(args) -> dict:
+    """The JobStore's durable-acknowledgement settings from the shared flags."""
+    return {"durable_replicas": max(0, args.durable_ack_replicas), "durable_timeout_ms": args.durable_ack_timeout_ms}
 
 
 def build_parser(parser=None):
@@ -118,7 +130,7 @@ def serve(args: GatewaySettings) -> None:
     serve_metrics(args.metrics_port)
     client = connect(args.redis_url)
     keys = Keys(args.namespace)
-    store = JobStore(client, keys, result_ttl_s=args.result_ttl_s)
+    store = JobStore(client, keys, result_ttl_s=args.result_ttl_s, **durability(args))
     auth = ApiKeys.load(args.api_keys_file or None)
     # The model's tokenizer.json through `tokenizers` (no transformers, no torch): the same ids as the encoder.
     tokenizer = load_prompt_tokenizer(args.model) if args.model else None

@@ -22,7 +22,9 @@ def reap_once(store: JobStore, dispatch) -> list[str]:
         if view is None or view.terminal:
             store.unmark_active(job_id)
             continue
-        if view.state == "RUNNING" and not store.lease_held(job_id) and \
+        # QUEUED while marked active: a worker took it, then a Redis failover lost its claim (the promoted
+        # replica never got it); that worker stopped when its lease did not extend. Dispatch it again too.
+        if view.state in ("RUNNING", "QUEUED") and not store.lease_held(job_id) and \
                 store.try_lock(f"redispatch:{job_id}:{view.attempts}:{view.extra.get('pauses', 0)}", 3600_000):
             log.warning("training job lost its worker; dispatching it again",
                         extra={"job_id": job_id, "attempts": view.attempts})
