@@ -74,6 +74,8 @@ class GatewaySettings(ServerSettings):
 
     redis_url: str
     namespace: str
+    durable_ack_replicas: int
+    durable_ack_timeout_ms: int
     adapter_dir: str
     result_ttl_s: int
     model: str
