@@ -9,6 +9,19 @@ DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 4.5
 
 
+PRIORITY_NAMES = {edit_pb2.PRIORITY_LOW: "low", edit_pb2.PRIORITY_NORMAL: "normal", edit_pb2.PRIORITY_HIGH: "high"}
+
+
+def priority_of(msg: edit_pb2.EditRequest) -> str:
+    """``low`` / ``normal`` / ``high``; an unknown enum number is refused naming the field."""
+    name = PRIORITY_NAMES.get(msg.priority)
+    if name is None:
+        from longcat.errors import InvalidArgument
+
+        raise InvalidArgument(f"must be LOW, NORMAL or HIGH, got {msg.priority}", "priority")
+    return name
+
+
 def request_from_proto(msg: edit_pb2.EditRequest) -> EditRequest:
     return EditRequest(
         image=msg.image, prompt=msg.prompt, negative_prompt=msg.negative_prompt, width=msg.width,
