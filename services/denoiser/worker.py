@@ -155,15 +155,24 @@ class EditWorker:
 
     # --- admission ---------------------------------------------------------------------------------------
 
-    def _next_waiting(self) -> Entry | None:
-        """Highest priority first; within it the tenant admitted least recently, then arrival order."""
-        if not self.waiting:
-            return None
-        return min(self.waiting, key=lambda e: (-e.priority, self._served.get(e.tenant, 0.0), e.seq))
+    def _admissible(self, e: Entry) -> bool:
+        """The last quarter of the slots is kept for a HIGH job or a tenant with nothing in flight, so neither
+        waits for a whole batch of a flooding tenant's jobs to end."""
+        bounds = self.scheduler.bounds
+        free = bounds.max_inflight - len(self.scheduler.active)
+        if free <= 0:
+            return False
+        if free > max(1, bounds.max_inflight // 4):
+            return True
+        return e.priority == HIGH or not any(sj.tag.tenant == e.tenant for sj in self.scheduler.active)
 
     def _admit(self) -> None:
-        while self.waiting and len(self.scheduler.active) < self.scheduler.bounds.max_inflight:
-            e = self._next_waiting()
+        """Highest priority first; within it the tenant admitted least recently, then arrival order."""
+        while self.waiting:
+            order = sorted(self.waiting, key=lambda e: (-e.priority, self._served.get(e.tenant, 0.0), e.seq))
+            e = next((x for x in order if self._admissible(x)), None)
+            if e is None:
+                return
             self.waiting.remove(e)
             self._served[e.tenant] = time.monotonic()
             if not self._start(e):
