@@ -10,9 +10,11 @@ records' own (``finished_at - created_at``), so client polling does not count.
 * throughput: 8 concurrent --size² edits (CFG 4.5, seeds differ), adapters mixed (four LoRAs, scales differ,
   two with none): wall time from the first submit to the last result; ratio one-at-a-time / batched.
 * priority: 20 NORMAL edits queued, then one more edit; its latency against the same edit alone. Baseline:
-  the last edit is NORMAL on the one-at-a-time worker (FIFO); scheduler: it is HIGH.
-* tenants: tenant A floods 20 edits, then tenant B sends 5 edits one after another; B's median latency
-  against B's edit alone (both workers see the same flood).
+  the last edit is NORMAL on the one-at-a-time worker (FIFO); scheduler: it is HIGH. (The 20 are then
+  cancelled: they were only there to compete.)
+* tenants: tenant A submits an edit every half solo latency (faster than one worker serves: its backlog
+  grows for as long as it lasts), and, once A's backlog has built up, tenant B sends 5 edits one after
+  another; B's median latency against B's edit alone. A's leftovers are then cancelled.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -67,6 +70,14 @@ def run_all(stub, reqs, key=None) -> list[edit_pb2.Job]:
     return [wait_job(stub, j.id, (edit_pb2.SUCCEEDED,), 1800, metadata=md) for j in jobs]
 
 
+def drain(stub, jobs, md) -> None:
+    """Cancel what is still queued or running (it was only there to compete), wait for every job to end."""
+    for j in jobs:
+        stub.CancelJob(edit_pb2.CancelJobRequest(job_id=j.id), metadata=md, timeout=30)
+    for j in jobs:
+        wait_job(stub, j.id, (edit_pb2.SUCCEEDED, edit_pb2.CANCELLED), 1800, metadata=md)
+
+
 def scenarios(s: Stack, args) -> dict:
     stub = s.edit()
     size, steps = args.size, args.steps
@@ -86,28 +97,41 @@ def scenarios(s: Stack, args) -> dict:
     done = run_all(stub, mixed, "key-a")
     out["throughput_wall_s"] = max(j.finished_at for j in done) - t0
     # priority
-    solo = latency(run_all(stub, [req(200, priority=edit_pb2.PRIORITY_HIGH)], "key-a")[0])
     md = [("authorization", "Bearer key-a")]
+    solo = latency(run_all(stub, [req(200, priority=edit_pb2.PRIORITY_HIGH)], "key-a")[0])
     queued = [submit(stub, req(300 + i), metadata=md) for i in range(20)]
     last = submit(stub, req(200, priority=args.last_priority), metadata=md)
     view = wait_job(stub, last.id, (edit_pb2.SUCCEEDED,), 1800, metadata=md)
     out["priority_solo_s"], out["priority_latency_s"] = solo, latency(view)
-    for j in queued:
-        wait_job(stub, j.id, (edit_pb2.SUCCEEDED,), 1800, metadata=md)
-    # tenants
+    drain(stub, queued, md)
+    # tenants: A keeps submitting faster than one worker serves (a flood that lasts), B edits one at a time
+    md_b = [("authorization", "Bearer key-b")]
     solo_b = latency(run_all(stub, [req(400)], "key-b")[0])
-    flood = [submit(stub, req(500 + i), metadata=md) for i in range(20)]
-    b = [latency(run_all(stub, [req(600 + i)], "key-b")[0]) for i in range(5)]
-    for j in flood:
-        wait_job(stub, j.id, (edit_pb2.SUCCEEDED,), 1800, metadata=md)
-    out["tenant_solo_s"], out["tenant_median_s"] = solo_b, statistics.median(b)
+    stop, flood = threading.Event(), []
+
+    def flooding():
+        i = 0
+        while not stop.is_set():
+            flood.append(submit(stub, req(500 + i), metadata=md))
+            i += 1
+            stop.wait(solo_b / 2)
+
+    t = threading.Thread(target=flooding, daemon=True)
+    t.start()
+    time.sleep(solo_b * 5)  # A's backlog builds up first
+    b = [latency(wait_job(stub, submit(stub, req(600 + i), metadata=md_b).id, (edit_pb2.SUCCEEDED,), 1800,
+                          metadata=md_b)) for i in range(5)]
+    stop.set()
+    t.join()
+    drain(stub, flood, md)
+    out["tenant_solo_s"], out["tenant_median_s"], out["tenant_flood_jobs"] = solo_b, statistics.median(b), len(flood)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--inflight", type=int, default=8)
     args = ap.parse_args()
     from longcat.models.loading import resolve_model

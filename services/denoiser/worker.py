@@ -107,7 +107,7 @@ class EditWorker:
                 try:
                     if not self.stopping.is_set():
                         self.store.ensure_group()
-                        if time.monotonic() >= next_reclaim:  # dead workers' jobs first: they waited longest
+                        if self._room() and time.monotonic() >= next_reclaim:  # dead workers' jobs first
                             self._take(self.store.reclaim_stale(self.consumer, int(self.heartbeat_timeout_s * 1000),
                                                                 count=self._room()))
                             next_reclaim = time.monotonic() + max(0.5, self.heartbeat_timeout_s / 4)
