@@ -12,9 +12,8 @@ records' own (``finished_at - created_at``), so client polling does not count.
 * priority: 20 NORMAL edits queued, then one more edit; its latency against the same edit alone. Baseline:
   the last edit is NORMAL on the one-at-a-time worker (FIFO); scheduler: it is HIGH. (The 20 are then
   cancelled: they were only there to compete.)
-* tenants: tenant A submits an edit every half solo latency (faster than one worker serves: its backlog
-  grows for as long as it lasts), and, once A's backlog has built up, tenant B sends 5 edits one after
-  another; B's median latency against B's edit alone. A's leftovers are then cancelled.
+* tenants: tenant A keeps 20 edits outstanding (submits a new one as soon as one ends) while tenant B sends
+  5 edits one after another; B's median latency against B's edit alone. A's leftovers are then cancelled.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the services run: several processes share the cores
 
 from longcat.v1 import common_pb2, edit_pb2  # noqa: E402
-from tests.gateway_stack import Stack, request, submit, wait_job  # noqa: E402
+from tests.gateway_stack import Stack, request, submit, wait_for, wait_job  # noqa: E402
 from tests.redis_proc import RedisProcess  # noqa: E402
 
 ADAPTERS = ["ink", "sun", "fog", "oak"]
@@ -104,21 +103,25 @@ def scenarios(s: Stack, args) -> dict:
     view = wait_job(stub, last.id, (edit_pb2.SUCCEEDED,), 1800, metadata=md)
     out["priority_solo_s"], out["priority_latency_s"] = solo, latency(view)
     drain(stub, queued, md)
-    # tenants: A keeps submitting faster than one worker serves (a flood that lasts), B edits one at a time
+    # tenants: A keeps 20 edits outstanding (a new one as soon as one ends), B edits one at a time
     md_b = [("authorization", "Bearer key-b")]
     solo_b = latency(run_all(stub, [req(400)], "key-b")[0])
     stop, flood = threading.Event(), []
 
     def flooding():
-        i = 0
+        outstanding, i = [], 0
         while not stop.is_set():
-            flood.append(submit(stub, req(500 + i), metadata=md))
-            i += 1
-            stop.wait(solo_b / 2)
+            outstanding = [j for j in outstanding if s.job_field(j, "state") in ("QUEUED", "RUNNING")]
+            while len(outstanding) < 20:
+                job = submit(stub, req(500 + i), metadata=md)
+                flood.append(job)
+                outstanding.append(job.id)
+                i += 1
+            stop.wait(0.05)
 
     t = threading.Thread(target=flooding, daemon=True)
     t.start()
-    time.sleep(solo_b * 5)  # A's backlog builds up first
+    wait_for(lambda: len(flood) >= 20, 60, "the flood")
     b = [latency(wait_job(stub, submit(stub, req(600 + i), metadata=md_b).id, (edit_pb2.SUCCEEDED,), 1800,
                           metadata=md_b)) for i in range(5)]
     stop.set()
@@ -134,6 +137,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--inflight", type=int, default=8)
     args = ap.parse_args()
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the stack's processes on the way out
     from longcat.models.loading import resolve_model
 
     model = resolve_model("tiny")

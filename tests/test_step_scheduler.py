@@ -184,3 +184,18 @@ def test_adapter_capacity_holds_with_jobs_in_flight(setup):
         manager.unload("ink")
     sched.run_all()
     assert sched.has_room([("sun", 1.0)]) and manager.unload("ink")
+
+
+def test_priority_field_routes_to_its_stream_and_unknown_values_are_refused():
+    from longcat.api.edit_proto import priority_of
+    from longcat.api.keys import Keys
+    from longcat.errors import InvalidArgument
+    from longcat.v1 import edit_pb2
+
+    assert priority_of(edit_pb2.EditRequest()) == "normal"  # the default
+    assert priority_of(edit_pb2.EditRequest(priority=edit_pb2.PRIORITY_HIGH)) == "high"
+    assert [Keys("x").edit_stream_for(p) for p in ("high", "normal", "low")] == Keys("x").edit_streams == [
+        "x:edit:stream:high", "x:edit:stream", "x:edit:stream:low"]
+    with pytest.raises(InvalidArgument) as err:
+        priority_of(edit_pb2.EditRequest(priority=7))
+    assert err.value.field == "priority"
