@@ -10,6 +10,8 @@ the real token counts (838 text/vision tokens at 1024x1024). Then, in one run, o
           ``SpeedConfig.for_device`` -- at 1024x1024, 50 steps + CFG 4.5, and at the Turbo setting (8 steps, no CFG)
   levers  each speed lever on/off against our default engine (per-step time, MFU, pixel change)
   memory  each memory lever (the quickstart's OOM advice): peak GPU memory and speed
+  batch   the step scheduler (longcat/engine/step_scheduler.py): batch 1 / 2 / 4 edits at --batch-size (512²)
+          sharing each forward, at --lever-steps + CFG and at the Turbo setting; per-image time vs batch 1
 
 Per-step time and FLOPs come from hooks on the transformer (CUDA-synchronised): FLOPs are computed for the
 shapes of every actual forward with :func:`transformer_flops`. MFU = those FLOPs / time / the GPU's dense bf16
@@ -617,6 +619,53 @@ def section_levers(ctx: Context, report, expensive: bool = False) -> None:
         report.write()
 
 
+def scheduler_edits(ctx: Context, batch: int, steps: int, guidance: float, size: int) -> torch.Tensor:
+    """``batch`` edits (seeds differ) through the step scheduler: encode each, denoise together, decode each."""
+    from longcat.conditioning import prepare_reference
+    from longcat.engine import EditEngine, EditRequest
+    from longcat.engine.denoise import DenoiseJob
+    from longcat.engine.step_scheduler import SchedulerBounds, StepJob, StepScheduler
+
+    engine = EditEngine(ctx.components)
+    sched = StepScheduler(engine.loop, None, SchedulerBounds(max_inflight=batch, max_batch_tokens=1 << 30))
+    jobs = []
+    for i in range(batch):
+        req = engine.validate(EditRequest(image=ctx.image, prompt=PROMPT, negative_prompt="", width=size,
+                                          height=size, num_inference_steps=steps, guidance_scale=guidance,
+                                          seed=ctx.args.seed + i))
+        ref = prepare_reference(req.image, req.geometry)
+        emb = engine.encode(req, ref.prompt_image)
+        reference = engine.loop.encode_reference(ref.pixels)
+        jobs.append(sched.admit(StepJob(DenoiseJob(emb.prompt, emb.negative, reference, req.geometry, steps,
+                                                   guidance, req.seed))))
+    sched.run_all()
+    return torch.cat([engine.loop.decode(j.latents, j.job.geometry) for j in jobs])
+
+
+def section_batch(ctx: Context, report) -> None:
+    a = ctx.args
+    for setting, steps, guidance in (("standard", a.lever_steps, a.guidance), ("turbo", a.turbo_steps, 1.0)):
+        for batch in (1, 2, 4):
+            row = Row("batch", f"{setting}, batch {batch}", impl="step scheduler", config=f"{batch} jobs in flight",
+                      size=a.batch_size, steps=steps, guidance=guidance)
+            report.add(row)
+            if ctx.over_budget():
+                row.status = "skipped (time budget)"
+                continue
+            try:
+                scheduler_edits(ctx, batch, steps, guidance, a.batch_size)  # warm-up
+                timed_edit(ctx, lambda: scheduler_edits(ctx, batch, steps, guidance, a.batch_size), row)
+                row.note = f"{batch} edits; per image {row.edit_s / batch:.3f} s"
+            except torch.OutOfMemoryError:
+                row.status = "OOM"
+            except Exception as exc:  # noqa: BLE001 - a failing row is a result
+                row.status = f"failed: {type(exc).__name__}: {str(exc)[:160]}"
+                traceback.print_exc()
+            finally:
+                _cleanup(ctx.device)
+            report.write()
+
+
 def section_memory(ctx: Context, report) -> None:
     from longcat.engine.levers import SpeedConfig
 
@@ -813,6 +862,20 @@ class Report:
                              f"{_f(r.peak_gib, '{:.1f}')} | {_f(speedup, '{:.2f}×')} | {_f(r.diff, '{:.1e}')} | "
                              f"{_f(r.psnr_db, '{:.1f}')} | {_c(r.status)} |")
             lines.append("")
+        batch_rows = self._rows("batch")
+        if batch_rows:
+            lines += ["## Step scheduler: edits sharing each forward", "",
+                      "| setting | size | steps | CFG | forwards × rows | per-step s | whole batch s | per image s | "
+                      "per image vs batch 1 | peak GPU GiB | status |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            for r in batch_rows:
+                n = int(r.label.rsplit(" ", 1)[-1])
+                one = next((x for x in batch_rows if x.label == r.label.rsplit(",", 1)[0] + ", batch 1"), None)
+                per = r.edit_s / n if r.edit_s else None
+                ratio = (one.edit_s / per) if one and one.edit_s and per else None
+                lines.append(f"| {_c(r.label)} | {r.size} | {r.steps} | {r.guidance:g} | {r.forwards} × {r.batch} | "
+                             f"{_f(r.per_step_s, '{:.4f}')} | {_f(r.edit_s, '{:.2f}')} | {_f(per, '{:.3f}')} | "
+                             f"{_f(ratio, '{:.2f}× faster')} | {_f(r.peak_gib, '{:.1f}')} | {_c(r.status)} |")
+            lines.append("")
         for section, title in (("levers", "Speed levers (ours; each on its own against the baseline)"),
                                ("memory", "Memory levers (ours; the quickstart's OOM advice)"),
                                ("parallel", "One denoiser across devices (denoise only; Δ = latents vs one device)")):
@@ -867,7 +930,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--turbo-steps", type=int, default=8)
     p.add_argument("--lever-steps", type=int, default=None, help="steps per lever row (default 5; tiny 2)")
     p.add_argument("--lever-size", type=int, default=None, help="side for lever rows (default --size; tiny 256)")
-    p.add_argument("--sections", default="main,levers,memory,parallel")
+    p.add_argument("--sections", default="main,levers,memory,batch,parallel")
+    p.add_argument("--batch-size", type=int, default=512, help="side of the step scheduler's batch rows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=1, help="timed edits per row; the fastest is kept")
     p.add_argument("--budget-s", type=float, default=450.0,
@@ -937,13 +1001,13 @@ def main(argv=None) -> int:
     report = Report(ctx, Path(args.out), Path(args.json) if args.json else Path(args.out).with_suffix(".json"))
     report.write()
     wanted = {name.strip() for name in args.sections.split(",")}
-    unknown = wanted - {"main", "levers", "memory", "parallel"}
+    unknown = wanted - {"main", "levers", "memory", "batch", "parallel"}
     if unknown:
         raise SystemExit(f"unknown sections: {', '.join(sorted(unknown))}")
     # Run order: the comparison, cheap levers, memory, then the levers that compile or quantize.
     plan = [("main", section_main, {}), ("levers", section_levers, {"expensive": False}),
-            ("memory", section_memory, {}), ("levers", section_levers, {"expensive": True}),
-            ("parallel", section_parallel, {})]
+            ("memory", section_memory, {}), ("batch", section_batch, {}),
+            ("levers", section_levers, {"expensive": True}), ("parallel", section_parallel, {})]
     for name, run, kwargs in plan:
         if name not in wanted:
             continue

@@ -47,7 +47,8 @@ def _bench_module():
 def test_bench_runs_at_tiny_dims_on_cpu_and_writes_the_table(tmp_path):
     out = tmp_path / "tiny.md"
     cmd = [sys.executable, str(BENCH), "--tiny", "--device", "cpu", "--out", str(out), "--steps", "2",
-           "--turbo-steps", "1", "--lever-steps", "1", "--lever-size", "128", "--budget-s", "0"]
+           "--turbo-steps", "1", "--lever-steps", "1", "--lever-size", "128", "--budget-s", "0",
+           "--batch-size", "128"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -92,6 +93,12 @@ def test_bench_runs_at_tiny_dims_on_cpu_and_writes_the_table(tmp_path):
     for layout in ("cfg=2", "ulysses=2"):
         assert parallel[layout]["status"] == "ok" and parallel[layout]["diff"] <= 1e-4, parallel[layout]
     assert "## One denoiser across devices" in table
+    batch = {r["label"]: r for r in rows if r["section"] == "batch"}
+    for setting, rows_per_job in (("standard", 2), ("turbo", 1)):
+        for n in (1, 2, 4):
+            r = batch[f"{setting}, batch {n}"]
+            assert r["status"] == "ok" and r["batch"] == n * rows_per_job and r["forwards"] == r["steps"], r
+    assert "## Step scheduler" in table
 
 
 def test_real_dims_shapes_token_count_and_flops():

@@ -631,24 +631,27 @@ def check_scaled_object(tree: str, so: dict) -> None:
 
 @pytest.mark.parametrize("tree", OVERLAYS)
 def test_denoisers_scale_on_one_signal_that_counts_waiting_and_running_edits(tree):
-    """One trigger: XLEN of the edit stream. The denoisers XACK *and* XDEL an entry when its edit is over
-    (JobStore.ack), so the stream holds exactly the edits waiting + in progress; the group's lag is not used (it
-    reads nil once entries are deleted). Target 1: one denoiser per edit. A fallback holds the fleet when KEDA
-    cannot read Redis."""
+    """One signal: the sum of XLEN over the priority streams. The denoisers XACK *and* XDEL an entry when its edit
+    is over (JobStore.ack), so each stream holds exactly its edits waiting + in progress; the group's lag is not
+    used (it reads nil once entries are deleted). The lengths are SUMMED by a formula (the HPA alone would take the
+    max over triggers); target 1: one denoiser per edit. A fallback holds the fleet when KEDA cannot read Redis."""
     so = one(tree, "ScaledObject", "denoiser")
     check_scaled_object(tree, so)
     spec = so["spec"]
     namespace = env_of(tree, "denoiser")["LONGCAT_NAMESPACE"]
     assert namespace == env_of(tree, "gateway")["LONGCAT_NAMESPACE"]
-    (trigger,) = spec["triggers"]
-    assert trigger["type"] == "redis-streams"
-    meta = trigger["metadata"]
-    assert meta["stream"] == Keys(namespace).edit_stream
-    # KEDA's redis-streams scaler reads XLEN only when no consumerGroup is given (with one it reads the group's
-    # pending entries or its lag)
-    assert meta["streamLength"] == "1" and not {"consumerGroup", "pendingEntriesCount", "lagCount"} & meta.keys()
-    assert trigger.get("metricType", "AverageValue") == "AverageValue"  # per replica, and required by fallback
-    assert "scalingModifiers" not in spec.get("advanced", {})
+    streams = {t["metadata"]["stream"]: t for t in spec["triggers"]}
+    assert set(streams) == set(Keys(namespace).edit_streams)  # every priority's stream, nothing else
+    for trigger in streams.values():
+        assert trigger["type"] == "redis-streams"
+        meta = trigger["metadata"]
+        # KEDA's redis-streams scaler reads XLEN only when no consumerGroup is given (with one it reads the
+        # group's pending entries or its lag)
+        assert meta["streamLength"] == "1" and not {"consumerGroup", "pendingEntriesCount", "lagCount"} & meta.keys()
+        assert trigger.get("metricType", "AverageValue") == "AverageValue"
+    modifiers = spec["advanced"]["scalingModifiers"]
+    assert sorted(modifiers["formula"].replace(" ", "").split("+")) == sorted(t["name"] for t in streams.values())
+    assert modifiers["target"] == "1" and modifiers["metricType"] == "AverageValue"  # per replica, as fallback needs
     assert spec["minReplicaCount"] >= 1  # XLEN cannot activate from zero; one warm denoiser
     fb = spec["fallback"]
     assert fb["failureThreshold"] >= 1 and spec["minReplicaCount"] <= fb["replicas"] <= spec["maxReplicaCount"]

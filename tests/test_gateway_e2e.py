@@ -51,7 +51,8 @@ def stack(tiny_model_path, redis_server, tmp_path_factory):
     root = tmp_path_factory.mktemp("gateway-e2e")
     keys_file = root / "api-keys.txt"
     keys_file.write_text("# owner:key\nalice:key-alice\n")
-    s = Stack(tiny_model_path, root, redis_server, ns=f"e2e-{uuid.uuid4().hex[:6]}")
+    # One job in flight: these tests queue work behind a busy worker (tests/test_step_batching_e2e.py batches).
+    s = Stack(tiny_model_path, root, redis_server, ns=f"e2e-{uuid.uuid4().hex[:6]}", worker_args=("--max-inflight", "1"))
     try:
         s.add_worker()
         s.add_gateway("main", ["--model", tiny_model_path], env={"LONGCAT_API_KEYS": ""})

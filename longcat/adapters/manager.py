@@ -59,6 +59,7 @@ class AdapterManager:
         self._lock = threading.RLock()
         self._loaded: OrderedDict[str, _Loaded] = OrderedDict()  # least recently used first
         self._ids = itertools.count(1)
+        self._in_use: dict[str, int] = {}  # name -> in-flight jobs holding it (never evicted while held)
 
     # -- public API --------------------------------------------------------------------------------------
 
@@ -72,6 +73,8 @@ class AdapterManager:
     def unload(self, name: str) -> bool:
         """Remove adapter ``name`` from the transformer; False if it was not loaded."""
         with self._lock:
+            if name in self._in_use:
+                raise InvalidArgument(f"adapter {name!r} is in use by {self._in_use[name]} running job(s)", "name")
             entry = self._loaded.pop(name, None)
             if entry is None:
                 return False
@@ -113,6 +116,45 @@ class AdapterManager:
                 yield parsed
             finally:
                 self._disable()
+
+    # -- in-flight jobs of the step scheduler (mixed adapters in one forward) ------------------------------
+
+    def can_hold(self, refs: Sequence[Any], field: str = "adapters") -> bool:
+        """Whether ``refs`` can be held along with every adapter in-flight jobs hold (the LRU bound)."""
+        names = {name for name, _ in parse_refs(refs, field)}
+        with self._lock:
+            return len(names | set(self._in_use)) <= self.capacity
+
+    def hold(self, refs: Sequence[Any], field: str = "adapters") -> list[tuple[str, float]]:
+        """Load ``refs`` and keep them loaded until :meth:`release`; returns ``[(peft name, scale)]``."""
+        parsed = parse_refs(refs, field)
+        with self._lock:
+            names = {name for name, _ in parsed}
+            if len(names | set(self._in_use)) > self.capacity:
+                raise InvalidArgument(f"{len(names | set(self._in_use))} adapters would be in use, but at most "
+                                      f"{self.capacity} can be loaded at once", field)
+            pinned = names | set(self._in_use)
+            out = [(self._ensure(name, None, f"{field}[{i}]", pinned), scale) for i, (name, scale) in enumerate(parsed)]
+            for name in names:
+                self._in_use[name] = self._in_use.get(name, 0) + 1
+            self._disable()
+            return out
+
+    def release(self, refs: Sequence[Any]) -> None:
+        with self._lock:
+            for name, _ in parse_refs(refs):
+                left = self._in_use.get(name, 0) - 1
+                if left > 0:
+                    self._in_use[name] = left
+                else:
+                    self._in_use.pop(name, None)
+
+    @contextmanager
+    def batch_lock(self) -> Iterator[None]:
+        """Hold the adapter state for one batched forward, the layers' own LoRA off (rows add theirs)."""
+        with self._lock:
+            self._disable()
+            yield
 
     # -- loading -----------------------------------------------------------------------------------------
 
@@ -161,6 +203,7 @@ class AdapterManager:
             raise
 
     def _evict(self, pinned: set[str]) -> None:
+        pinned = pinned | set(self._in_use)  # an adapter an in-flight job uses is never evicted
         for victim in [n for n in self._loaded if n not in pinned]:
             if len(self._loaded) <= self.capacity:
                 break

@@ -10,6 +10,19 @@ DEFAULT_STEPS = 50
 DEFAULT_GUIDANCE = 4.5
 
 
+PRIORITY_NAMES = {edit_pb2.PRIORITY_LOW: "low", edit_pb2.PRIORITY_NORMAL: "normal", edit_pb2.PRIORITY_HIGH: "high"}
+
+
+def priority_of(msg: edit_pb2.EditRequest) -> str:
+    """``low`` / ``normal`` / ``high``; an unknown enum number is refused naming the field."""
+    name = PRIORITY_NAMES.get(msg.priority)
+    if name is None:
+        from longcat.errors import InvalidArgument
+
+        raise InvalidArgument(f"must be LOW, NORMAL or HIGH, got {msg.priority}", "priority")
+    return name
+
+
 def request_from_proto(msg: edit_pb2.EditRequest, defaults: ModelDefaults = STANDARD) -> EditRequest:
     """Unset steps / guidance take the served model's defaults (Edit-Turbo: 8 steps, no CFG)."""
     return EditRequest(

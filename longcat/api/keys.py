@@ -13,6 +13,14 @@ class Keys:
     def edit_stream(self) -> str:        # the edit jobs, consumed by the "denoisers" group
         return f"{self.ns}:edit:stream"
 
+    def edit_stream_for(self, priority: str) -> str:
+        """One stream per priority (``low`` / ``normal`` / ``high``); NORMAL keeps the historic name."""
+        return self.edit_stream if priority == "normal" else f"{self.ns}:edit:stream:{priority}"
+
+    @property
+    def edit_streams(self) -> list[str]:  # highest priority first: the order a worker reads them
+        return [self.edit_stream_for(p) for p in PRIORITIES]
+
     @property
     def edit_queue(self) -> str:         # zset of QUEUED edit jobs by arrival: depth and positions
         return f"{self.ns}:edit:queue"
@@ -63,3 +71,4 @@ class Keys:
 
 
 EDIT_GROUP = "denoisers"
+PRIORITIES = ("high", "normal", "low")  # serving order

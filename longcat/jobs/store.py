@@ -138,9 +138,9 @@ class JobStore:
         return self.k.edit_queue if kind == "edit" else self.k.train_queue
 
     def submit(self, kind: str, owner: str, request: bytes, request_id: str = "", deadline: float = 0.0,
-               max_queue: int = 0, fields: dict | None = None) -> tuple[str, bool, int]:
+               max_queue: int = 0, fields: dict | None = None, priority: str = "normal") -> tuple[str, bool, int]:
         """Record a job and queue it (edit jobs also go on the edit stream; training jobs are carried by
-        Celery). Returns (job id, created, queue position).
+        Celery). Returns (job id, created, queue position). An edit goes on its priority's stream.
 
         The same (owner, request_id) returns the first job, not a new one; a full queue raises
         :class:`ResourceExhausted`.
@@ -154,8 +154,8 @@ class JobStore:
         for k, v in flat.items():
             argv += [k, json.dumps(v) if isinstance(v, dict) else v]
         idem = self.k.idempotency(owner, request_id) if request_id else self.k.idempotency(owner, "-")
-        keys = [idem, self.k.job(job_id), self.k.request(job_id), self.queue_key(kind), self.k.edit_stream,
-                self.k.events(job_id), self.k.sequence, self.k.owner_jobs(owner)]
+        keys = [idem, self.k.job(job_id), self.k.request(job_id), self.queue_key(kind),
+                self.k.edit_stream_for(priority), self.k.events(job_id), self.k.sequence, self.k.owner_jobs(owner)]
         (status, existing, position), replicas = self._write(self._submit, keys, argv)
         if status == -1:
             raise ResourceExhausted(f"the {kind} queue is full ({position} jobs waiting); retry in a few "
@@ -297,53 +297,75 @@ class JobStore:
     # --- the edit stream and its consumer group --------------------------------------------------------
 
     def ensure_group(self) -> None:
-        try:
-            self.r.xgroup_create(self.k.edit_stream, EDIT_GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in self.k.edit_streams:
+            try:
+                self.r.xgroup_create(stream, EDIT_GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
-    def read_new(self, consumer: str, block_ms: int) -> list[tuple[str, str]]:
+    def read_new(self, consumer: str, block_ms: int | None, count: int = 1) -> list[tuple[str, str, str]]:
+        """Up to ``count`` new entries, highest priority stream first: [(stream, entry id, job id)].
+        ``block_ms`` None: do not wait."""
         try:
-            out = self.r.xreadgroup(EDIT_GROUP, consumer, {self.k.edit_stream: ">"}, count=1, block=block_ms)
+            return self._read_new(consumer, block_ms, count)
         except redis.ResponseError as exc:
             if not _nogroup(exc):
                 raise
-            self.ensure_group()  # from id 0: entries still in the stream are delivered (claims are fenced)
+            self.ensure_group()  # from id 0: entries still in the streams are delivered (claims are fenced)
             return []
-        return [(as_str(eid), as_str(f[b"job"])) for _, entries in out for eid, f in entries]
 
-    def reclaim_stale(self, consumer: str, min_idle_ms: int) -> list[tuple[str, str]]:
+    def _read_new(self, consumer: str, block_ms: int | None, count: int) -> list[tuple[str, str, str]]:
+        out: list[tuple[str, str, str]] = []
+        for stream in self.k.edit_streams:  # one stream at a time, so a HIGH entry is never crowded out
+            got = self.r.xreadgroup(EDIT_GROUP, consumer, {stream: ">"}, count=count - len(out))
+            out += [(stream, as_str(eid), as_str(f[b"job"])) for _, entries in got for eid, f in entries]
+            if len(out) >= count:
+                return out
+        if not out and block_ms is not None:  # nothing anywhere: wait on all of them at once
+            got = self.r.xreadgroup(EDIT_GROUP, consumer, {s: ">" for s in self.k.edit_streams}, count=1,
+                                    block=block_ms)
+            out = [(as_str(st), as_str(eid), as_str(f[b"job"])) for st, entries in got for eid, f in entries]
+        return out
+
+    def reclaim_stale(self, consumer: str, min_idle_ms: int, count: int = 1) -> list[tuple[str, str, str]]:
         """Take over entries whose worker stopped heart-beating (died) for ``min_idle_ms``."""
-        try:
-            _, entries, deleted = self.r.xautoclaim(self.k.edit_stream, EDIT_GROUP, consumer, min_idle_ms,
-                                                    start_id="0-0", count=1)
-        except redis.ResponseError as exc:
-            if not _nogroup(exc):
-                raise
-            self.ensure_group()
-            return []
-        for eid in deleted or ():  # entries trimmed away: nothing to run, drop them from the PEL
-            self.r.xack(self.k.edit_stream, EDIT_GROUP, eid)
-        return [(as_str(eid), as_str(f[b"job"])) for eid, f in entries if f]
+        out = []
+        for stream in self.k.edit_streams:
+            try:
+                _, entries, deleted = self.r.xautoclaim(stream, EDIT_GROUP, consumer, min_idle_ms,
+                                                        start_id="0-0", count=count)
+            except redis.ResponseError as exc:
+                if not _nogroup(exc):
+                    raise
+                self.ensure_group()
+                continue
+            for eid in deleted or ():  # entries trimmed away: nothing to run, drop them from the PEL
+                self.r.xack(stream, EDIT_GROUP, eid)
+            out += [(stream, as_str(eid), as_str(f[b"job"])) for eid, f in entries if f]
+        return out
 
-    def heartbeat(self, consumer: str, entry_id: str) -> None:
-        """Reset the entry's idle time: the job is alive on this worker."""
+    def heartbeat(self, consumer: str, entry_id: str | list[str], stream: str | None = None) -> None:
+        """Reset the entries' idle time: their jobs are alive on this worker."""
+        ids = [entry_id] if isinstance(entry_id, str) else list(entry_id)
+        if not ids:
+            return
         try:
-            self.r.xclaim(self.k.edit_stream, EDIT_GROUP, consumer, 0, [entry_id], justid=True)
+            self.r.xclaim(stream or self.k.edit_stream, EDIT_GROUP, consumer, 0, ids, justid=True)
         except redis.ResponseError as exc:
             if not _nogroup(exc):
                 raise
-            self.ensure_group()  # the entry is redelivered from the new group; our claim stays fenced
+            self.ensure_group()  # the entries are redelivered from the new group; our claims stay fenced
 
-    def ack(self, entry_id: str) -> None:
+    def ack(self, entry_id: str, stream: str | None = None) -> None:
+        stream = stream or self.k.edit_stream
         try:
-            self.r.xack(self.k.edit_stream, EDIT_GROUP, entry_id)
+            self.r.xack(stream, EDIT_GROUP, entry_id)
         except redis.ResponseError as exc:
             if not _nogroup(exc):
                 raise
-        self.r.xdel(self.k.edit_stream, entry_id)
+        self.r.xdel(stream, entry_id)
 
     def lag(self) -> int:
         """Entries not yet delivered to any worker plus those in flight (what autoscaling reads)."""
-        return int(self.r.xlen(self.k.edit_stream))
+        return sum(int(self.r.xlen(stream)) for stream in self.k.edit_streams)

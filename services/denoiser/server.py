@@ -57,6 +57,12 @@ def build_parser(parser=None):
     p.add_argument("--max-attempts", type=int, default=3, help="deliveries before a job is FAILED (dead letter)")
     p.add_argument("--encoder-timeout-s", type=float, default=60.0,
                    help="how long a job waits for the encoder (also while it restarts) before the attempt fails")
+    p.add_argument("--max-inflight", type=int, default=0,
+                   help="edit jobs denoised at once by the step scheduler (0 = the device's default: 8 on CPU)")
+    p.add_argument("--max-batch-tokens", type=int, default=0,
+                   help="tokens (rows x sequence) in one batched forward (0 = the device's default)")
+    p.add_argument("--lookahead", type=int, default=0,
+                   help="queue entries held waiting, to choose by priority and tenant (0 = 2 x max-inflight)")
     p.add_argument("--result-ttl-s", type=int, default=3600, help="how long finished jobs and results are kept")
     return p
 
@@ -81,6 +87,9 @@ class DenoiserSettings(ModelServerSettings):
     max_attempts: int
     encoder_timeout_s: float
     result_ttl_s: int
+    max_inflight: int
+    max_batch_tokens: int
+    lookahead: int
 
 
 def warm_up(backend: DenoiserBackend) -> None:
@@ -175,6 +184,7 @@ def start_worker(args: DenoiserSettings, backend: DenoiserBackend):
     import threading
 
     from longcat.api.keys import Keys
+    from longcat.engine.step_scheduler import SchedulerBounds
     from longcat.jobs.connection import connect
     from longcat.jobs.store import JobStore
     from longcat.redact import redact_url
@@ -182,8 +192,12 @@ def start_worker(args: DenoiserSettings, backend: DenoiserBackend):
     from services.denoiser.worker import EditWorker
 
     store = JobStore(connect(args.redis_url), Keys(args.namespace), result_ttl_s=args.result_ttl_s)
+    default = SchedulerBounds.for_device(backend.loop.device)
+    bounds = SchedulerBounds(max_inflight=args.max_inflight or default.max_inflight,
+                             max_batch_tokens=args.max_batch_tokens or default.max_batch_tokens)
     worker = EditWorker(store, backend, EncoderClient(args.encoder), heartbeat_timeout_s=args.heartbeat_timeout_s,
-                        max_attempts=args.max_attempts, encoder_timeout_s=args.encoder_timeout_s)
+                        max_attempts=args.max_attempts, encoder_timeout_s=args.encoder_timeout_s, bounds=bounds,
+                        lookahead=args.lookahead)
     threading.Thread(target=worker.run_forever, name="edit-worker", daemon=True).start()
     log.info("consuming edit jobs", extra={"redis": redact_url(args.redis_url), "namespace": args.namespace})
     return worker

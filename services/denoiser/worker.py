@@ -1,9 +1,13 @@
-"""The denoiser's edit worker: consumes edit jobs from the Redis stream with a consumer group.
+"""The denoiser's edit worker: consumes edit jobs from the Redis streams (one per priority) with a consumer
+group and runs them through the step scheduler (longcat/engine/step_scheduler.py), many in flight.
 
-Claims a job (fenced by a per-attempt token), asks the encoder service for embeddings over gRPC, runs the
-shared denoise loop with per-step events and cancellation, stores the PNG, finishes and acknowledges.
-A killed worker leaves its entry pending; once it stops heart-beating, another worker reclaims it. After
-``max_attempts`` deliveries the job is FAILED with its last error (dead letter), never looped forever.
+Each step boundary: take over dead workers' entries, read new ones (highest priority stream first) into a
+small local waiting list, admit jobs while the scheduler has room (claim fenced by a per-attempt token, ask
+the encoder service for embeddings over gRPC, encode the reference), run one batched step, finish the jobs
+that ended (decode, store the PNG, finish, acknowledge). Every entry this worker holds, waiting or in flight,
+is heart-beaten; a killed worker leaves all of them pending and, once silent, another worker reclaims each
+one (fencing makes a late write of the dead attempt a no-op). After ``max_attempts`` deliveries a job is
+FAILED with its last error (dead letter), never looped forever.
 """
 
 from __future__ import annotations
@@ -15,12 +19,15 @@ import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 
 from longcat.api.edit import validate_request
-from longcat.api.edit_proto import request_from_proto
-from longcat.conditioning import to_pil
-from longcat.engine.denoise import StepEvent
+from longcat.api.edit_proto import priority_of, request_from_proto
+from longcat.api.presets import EXACT
+from longcat.conditioning import reference_pixels, to_pil
+from longcat.engine.denoise import DenoiseJob, StepEvent
 from longcat.engine.stage import StageRequest, run_denoise_stage
+from longcat.engine.step_scheduler import HIGH, LOW, NORMAL, SchedulerBounds, StepJob, StepScheduler
 from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound, Unavailable
 from longcat.images import encode_png
 from longcat.jobs.connection import REDIS_ERRORS
@@ -39,6 +46,24 @@ PUBLIC_REASONS = {
     "DEADLINE_EXCEEDED": "the encoder service did not answer in time",
     "RESOURCE_EXHAUSTED": "the worker ran out of memory or capacity",
 }
+LEVELS = {"low": LOW, "normal": NORMAL, "high": HIGH}
+
+
+@dataclass
+class Entry:
+    """A stream entry this worker holds (waiting, then in flight)."""
+
+    stream: str
+    entry_id: str
+    job_id: str
+    priority: int = NORMAL
+    tenant: str = ""
+    seq: int = 0
+    token: str = ""
+    started: float = 0.0
+    encoded: float = 0.0
+    created_at: float = 0.0
+    steps: int = 0
 
 
 class JobTakenOver(Exception):
@@ -48,7 +73,7 @@ class JobTakenOver(Exception):
 class EditWorker:
     def __init__(self, store: JobStore, backend: DenoiserBackend, encoder, heartbeat_timeout_s: float = 30.0,
                  max_attempts: int = 3, block_ms: int = 1000, name: str | None = None,
-                 encoder_timeout_s: float = 60.0):
+                 encoder_timeout_s: float = 60.0, bounds: SchedulerBounds | None = None, lookahead: int = 0):
         self.store = store
         self.backend = backend
         self.encoder = encoder
@@ -57,6 +82,14 @@ class EditWorker:
         self.encoder_timeout_s = encoder_timeout_s  # an attempt waits this long for the encoder, then fails
         self.block_ms = block_ms
         self.consumer = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.scheduler = StepScheduler(backend.loop, backend.adapters, bounds)
+        # Entries read but not yet admitted: enough to choose by priority and tenant, never more than this.
+        self.lookahead = lookahead or 2 * self.scheduler.bounds.max_inflight
+        self.waiting: list[Entry] = []
+        self.held: dict[str, Entry] = {}  # entry id -> entry, waiting or in flight: heart-beaten
+        self._held_lock = threading.Lock()
+        self._seq = 0
+        self._served: dict[str, float] = {}  # tenant -> last admission (round-robin within a priority)
         self.stopping = threading.Event()
         self.idle = threading.Event()
         self.idle.set()
@@ -66,79 +99,170 @@ class EditWorker:
     def run_forever(self) -> None:
         backoff = 0.2
         next_reclaim = 0.0
-        log.info("worker started", extra={"consumer": self.consumer})
-        while not self.stopping.is_set():
-            try:
-                self.store.ensure_group()
-                entries = []
-                if time.monotonic() >= next_reclaim:  # dead workers' jobs first: they waited longest
-                    entries = self.store.reclaim_stale(self.consumer, int(self.heartbeat_timeout_s * 1000))
-                    next_reclaim = time.monotonic() + max(0.5, self.heartbeat_timeout_s / 4)
-                if not entries:
-                    entries = self.store.read_new(self.consumer, self.block_ms)
-                for entry_id, job_id in entries:
-                    self.process(entry_id, job_id)
-                backoff = 0.2
-            except REDIS_ERRORS as exc:
-                log.warning("redis unreachable; retrying", extra={"error": str(exc), "retry_in_s": backoff})
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
-            except Exception:  # noqa: BLE001 - a worker never dies of one bad job
-                log.exception("worker loop error")
-                self.stopping.wait(1.0)
+        log.info("worker started", extra={"consumer": self.consumer, "max_inflight": self.scheduler.bounds.max_inflight,
+                                          "max_batch_tokens": self.scheduler.bounds.max_batch_tokens})
+        done = threading.Event()
+        heart = threading.Thread(target=self._heartbeat, args=(done,), name="edit-heartbeat", daemon=True)
+        heart.start()
+        try:
+            while not self.stopping.is_set() or self.scheduler.active:
+                try:
+                    if not self.stopping.is_set():
+                        self.store.ensure_group()
+                        if self._room() and time.monotonic() >= next_reclaim:  # dead workers' jobs first
+                            self._take(self.store.reclaim_stale(self.consumer, int(self.heartbeat_timeout_s * 1000),
+                                                                count=self._room()))
+                            next_reclaim = time.monotonic() + max(0.5, self.heartbeat_timeout_s / 4)
+                        room = self._room()
+                        if room:
+                            idle = not self.scheduler.active and not self.waiting
+                            self._take(self.store.read_new(self.consumer, self.block_ms if idle else None, room))
+                        self._admit()
+                    if self.scheduler.active:
+                        self.idle.clear()
+                        for sj in self.scheduler.step():
+                            self._ended(sj)
+                    if not self.scheduler.active:
+                        self.idle.set()
+                    backoff = 0.2
+                except REDIS_ERRORS as exc:
+                    log.warning("redis unreachable; retrying", extra={"error": str(exc), "retry_in_s": backoff})
+                    self.stopping.wait(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                except Exception:  # noqa: BLE001 - a worker never dies of one bad job
+                    log.exception("worker loop error")
+                    self.stopping.wait(1.0)
+        finally:
+            done.set()
+            self.idle.set()
         log.info("worker stopped", extra={"consumer": self.consumer})
 
     def stop(self) -> None:
         self.stopping.set()
 
-    # --- one job -----------------------------------------------------------------------------------------
+    def _room(self) -> int:
+        return max(0, self.lookahead - len(self.waiting))
 
-    def process(self, entry_id: str, job_id: str) -> None:
-        token = f"{self.consumer}:{uuid.uuid4().hex[:8]}"
-        outcome, attempts = self.store.claim(job_id, token, self.max_attempts)
+    def _take(self, entries) -> None:
+        for stream, entry_id, job_id in entries:
+            if entry_id in self.held:
+                continue
+            view = self.store.get(job_id)
+            level = LEVELS.get((view.extra.get("priority") if view else "") or "", NORMAL)
+            self._seq += 1
+            e = Entry(stream, entry_id, job_id, level, view.owner if view else "", self._seq)
+            with self._held_lock:
+                self.held[entry_id] = e
+            self.waiting.append(e)
+
+    # --- admission ---------------------------------------------------------------------------------------
+
+    def _admissible(self, e: Entry) -> bool:
+        """The last quarter of the slots is kept for a HIGH job or a tenant with nothing in flight, so neither
+        waits for a whole batch of a flooding tenant's jobs to end."""
+        bounds = self.scheduler.bounds
+        free = bounds.max_inflight - len(self.scheduler.active)
+        if free <= 0:
+            return False
+        if free > max(1, bounds.max_inflight // 4):
+            return True
+        return e.priority == HIGH or not any(sj.tag.tenant == e.tenant for sj in self.scheduler.active)
+
+    def _admit(self) -> None:
+        """Highest priority first; within it the tenant admitted least recently, then arrival order."""
+        while self.waiting:
+            order = sorted(self.waiting, key=lambda e: (-e.priority, self._served.get(e.tenant, 0.0), e.seq))
+            e = next((x for x in order if self._admissible(x)), None)
+            if e is None:
+                return
+            self.waiting.remove(e)
+            self._served[e.tenant] = time.monotonic()
+            if not self._start(e):
+                return
+
+    def _start(self, e: Entry) -> bool:
+        """Claim, encode, admit; False when the job must wait (its adapters do not fit beside those in use)."""
+        e.token = f"{self.consumer}:{uuid.uuid4().hex[:8]}"
+        outcome, attempts = self.store.claim(e.job_id, e.token, self.max_attempts)
         if outcome != "RUNNING":  # cancelled while queued, expired, dead-lettered, or already done
-            log.info("job not run", extra={"job_id": job_id, "outcome": outcome, "attempts": attempts})
-            self.store.ack(entry_id)
-            return
-        self.idle.clear()
-        beat = threading.Event()
-        heart = threading.Thread(target=self._heartbeat, args=(entry_id, beat), daemon=True)
-        heart.start()
-        rid = request_id.set(job_id)
+            log.info("job not run", extra={"job_id": e.job_id, "outcome": outcome, "attempts": attempts})
+            self._ack(e)
+            return True
+        rid = request_id.set(e.job_id)
         try:
-            self._run(job_id, token)
-            self.store.ack(entry_id)
-        except JobTakenOver:
-            log.info("job taken over by another worker", extra={"job_id": job_id})
-        except Cancelled as exc:
-            self.store.finish(job_id, token, "CANCELLED", "CANCELLED", str(exc))
-            self.store.ack(entry_id)
-        except PERMANENT as exc:
-            self.store.finish(job_id, token, "FAILED", exc.code, str(exc))
-            self.store.ack(entry_id)
+            sj = self._prepare(e)
+            if self.scheduler.active and not self.scheduler.has_room(sj.adapters):
+                # Its adapters would break the loaded-adapter bound beside those in use: wait for them to end.
+                self.store.pause(e.job_id, e.token, "waiting for adapter room on this worker")
+                self.waiting.append(e)
+                return False
+            if sj.job.speed_preset != EXACT:
+                self._run_alone(sj)
+            else:
+                self.scheduler.admit(sj)
         except REDIS_ERRORS:
-            raise  # the loop backs off; the entry stays pending and is reclaimed
-        except Exception as exc:  # noqa: BLE001 - transient: left pending, retried on another delivery
-            code = exc.code if isinstance(exc, LongCatError) else "INTERNAL"
-            log.warning("job attempt failed; it will be retried", exc_info=not isinstance(exc, LongCatError),
-                        extra={"job_id": job_id, "attempt": attempts, "error": str(exc)})
-            # What the client reads: the kind of failure, not internal addresses (those are in the log).
-            reason = PUBLIC_REASONS.get(code, f"internal error ({type(exc).__name__})")
-            self.store.record_error(job_id, token, code, reason)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - per job, as in _ended
+            self._failed(e, exc, attempts)
         finally:
-            beat.set()
-            heart.join()
             request_id.reset(rid)
-            self.backend.free_memory()
-            self.idle.set()
+        return True
 
-    def _heartbeat(self, entry_id: str, done: threading.Event) -> None:
-        period = max(0.2, self.heartbeat_timeout_s / 5)
-        while not done.wait(period):
-            try:
-                self.store.heartbeat(self.consumer, entry_id)
-            except REDIS_ERRORS:
-                pass  # the main loop will notice; a missed beat only risks a reclaim, which fencing makes safe
+    def _prepare(self, e: Entry) -> StepJob:
+        view = self.store.get(e.job_id)
+        raw = self.store.request_bytes(e.job_id)
+        if view is None or raw is None:
+            raise NotFound("the job's request expired before it ran", "job_id")
+        msg = edit_pb2.EditRequest.FromString(raw)
+        req = validate_request(request_from_proto(msg, self.backend.defaults), self.backend.limits)
+        self.backend.gate.check(req.speed_preset, [a.name for a in req.adapters])  # before any work
+        e.priority = LEVELS[priority_of(msg)]
+        e.started, e.created_at, e.steps = time.time(), view.created_at, req.num_inference_steps
+        deadline = view.deadline
+        enc = self._encode(req, msg, e.job_id, deadline)
+        loop = self.backend.loop
+        reference = loop.encode_reference(reference_pixels(req.image, req.geometry))
+        e.encoded = time.time()
+        negative = None if enc.negative_embeds is None else enc.negative_embeds.to(loop.dtype)
+        job = DenoiseJob(enc.prompt_embeds.to(loop.dtype), negative, reference, req.geometry,
+                         req.num_inference_steps, req.guidance_scale, req.seed, req.speed_preset)
+        cancel = threading.Event()
+        store, job_id, token = self.store, e.job_id, e.token
+
+        def on_step(ev: StepEvent) -> None:
+            event = {"kind": "progress", "state": "RUNNING", "step": ev.step, "total": ev.total,
+                     "elapsed_s": ev.elapsed_s, "eta_s": ev.eta_s}
+            if ev.preview is not None:
+                event["preview_png"] = encode_png(to_pil(ev.preview)[0])
+            if not store.progress(job_id, token, event):
+                raise JobTakenOver()
+            if store.cancel_requested(job_id):
+                cancel.set()
+
+        return StepJob(job, adapters=[(a.name, a.scale) for a in req.adapters], priority=e.priority,
+                       tenant=e.tenant, batchable=req.speed_preset == EXACT, on_step=on_step, cancel=cancel,
+                       deadline=deadline, preview_every=max(0, msg.preview_every), tag=e)
+
+    def _run_alone(self, sj: StepJob) -> None:
+        """A non-exact speed preset runs start to end through the one denoise stage, between two batched steps:
+        its step cache keeps per-run state that steps of other jobs would corrupt (its hooks are applied and
+        removed around this run only). The batch waits meanwhile; the job ends like any other."""
+        job = sj.job
+
+        def on_step(ev: StepEvent) -> None:
+            sj.on_step(ev)
+            if sj.deadline and time.time() > sj.deadline:
+                raise DeadlineExceeded("its deadline passed while it was running")
+
+        try:
+            stage = run_denoise_stage(self.backend.loop, self.backend.adapters, StageRequest(
+                job.prompt_embeds, job.negative_embeds, job.geometry, job.steps, job.guidance_scale, job.seed,
+                reference_latents=job.reference_latents, adapters=sj.adapters, speed_preset=job.speed_preset),
+                on_step=on_step, cancel=sj.cancel, preview_every=sj.preview_every, decode=False)
+            sj.latents = stage.latents
+        except BaseException as exc:  # noqa: BLE001 - the job's own outcome, handled as the scheduler's are
+            sj.error = exc
+        self._ended(sj)
 
     def _encode(self, req, msg, job_id: str, deadline: float):
         """Embeddings from the encoder service; waits for it up to ``encoder_timeout_s`` (or the job's deadline)."""
@@ -154,49 +278,85 @@ class EditWorker:
             # Our own wait ran out, not the client's deadline: the encoder is down, retry on another delivery.
             raise Unavailable("the encoder service was unreachable") from None
 
-    def _run(self, job_id: str, token: str) -> None:
-        view = self.store.get(job_id)
-        raw = self.store.request_bytes(job_id)
-        if view is None or raw is None:
-            raise NotFound("the job's request expired before it ran", "job_id")
-        msg = edit_pb2.EditRequest.FromString(raw)
-        req = validate_request(request_from_proto(msg, self.backend.defaults), self.backend.limits)
-        self.backend.gate.check(req.speed_preset, [a.name for a in req.adapters])  # before any work
-        started = time.time()
-        deadline = view.deadline
+    # --- the end of a job --------------------------------------------------------------------------------
 
-        enc = self._encode(req, msg, job_id, deadline)
-        t_encoded = time.time()
-        cancel = threading.Event()
+    def _ended(self, sj: StepJob) -> None:
+        e: Entry = sj.tag
+        rid = request_id.set(e.job_id)
+        try:
+            if sj.error is not None:
+                self._failed(e, sj.error, 0)
+            else:
+                self._succeeded(e, sj)
+        except REDIS_ERRORS:
+            self._drop(e)  # left pending: reclaimed once silent (fencing makes a late write harmless)
+            raise
+        finally:
+            request_id.reset(rid)
+            self.backend.free_memory()
 
-        def on_step(ev: StepEvent) -> None:
-            event = {"kind": "progress", "state": "RUNNING", "step": ev.step, "total": ev.total,
-                     "elapsed_s": ev.elapsed_s, "eta_s": ev.eta_s}
-            if ev.preview is not None:
-                event["preview_png"] = encode_png(to_pil(ev.preview)[0])
-            if not self.store.progress(job_id, token, event):
-                raise JobTakenOver()
-            if self.store.cancel_requested(job_id):
-                cancel.set()
-            if deadline and time.time() > deadline:
-                raise DeadlineExceeded("its deadline passed while it was running")
-
-        stage = run_denoise_stage(self.backend.loop, self.backend.adapters, StageRequest(
-            enc.prompt_embeds, enc.negative_embeds, req.geometry, req.num_inference_steps, req.guidance_scale,
-            req.seed, image=req.image, adapters=[(a.name, a.scale) for a in req.adapters],
-            speed_preset=req.speed_preset),
-            on_step=on_step, cancel=cancel, preview_every=max(0, msg.preview_every))
-        t_denoised = time.time() - stage.timings["decode_s"]
-        png = encode_png(to_pil(stage.pixels)[0])
+    def _succeeded(self, e: Entry, sj: StepJob) -> None:
+        t_denoised = time.time()
+        pixels = self.backend.loop.decode(sj.latents, sj.job.geometry)
+        png = encode_png(to_pil(pixels)[0])
         t_done = time.time()
-        metrics.STEPS.inc(req.num_inference_steps)
-        metrics.STEPS_PER_SECOND.set(req.num_inference_steps / max(t_denoised - t_encoded, 1e-9))
-        self.store.set_result(job_id, png)
-        timings = {"queued_s": max(0.0, started - view.created_at), "encode_s": t_encoded - started,
-                   "denoise_s": t_denoised - t_encoded, "decode_s": t_done - t_denoised,
-                   "total_s": t_done - view.created_at}
-        if not self.store.finish(job_id, token, "SUCCEEDED", fields={
-                "width": req.geometry.width, "height": req.geometry.height, "seed": req.seed,
-                "timings": json.dumps(timings)}):
-            raise JobTakenOver()
-        log.info("job succeeded", extra={"job_id": job_id, "timings": timings})
+        metrics.STEPS.inc(e.steps)
+        metrics.STEPS_PER_SECOND.set(e.steps / max(t_denoised - e.encoded, 1e-9))
+        self.store.set_result(e.job_id, png)
+        timings = {"queued_s": max(0.0, e.started - e.created_at), "encode_s": e.encoded - e.started,
+                   "denoise_s": t_denoised - e.encoded, "decode_s": t_done - t_denoised,
+                   "total_s": t_done - e.created_at}
+        g = sj.job.geometry
+        if not self.store.finish(e.job_id, e.token, "SUCCEEDED", fields={
+                "width": g.width, "height": g.height, "seed": sj.job.seed, "timings": json.dumps(timings)}):
+            log.info("job taken over by another worker", extra={"job_id": e.job_id})
+            self._drop(e)
+            return
+        self._ack(e)
+        log.info("job succeeded", extra={"job_id": e.job_id, "timings": timings, "forwards": sj.forwards})
+
+    def _failed(self, e: Entry, exc: BaseException, attempts: int) -> None:
+        if isinstance(exc, JobTakenOver):
+            log.info("job taken over by another worker", extra={"job_id": e.job_id})
+            self._drop(e)
+        elif isinstance(exc, Cancelled):
+            self.store.finish(e.job_id, e.token, "CANCELLED", "CANCELLED", str(exc))
+            self._ack(e)
+        elif isinstance(exc, PERMANENT):
+            self.store.finish(e.job_id, e.token, "FAILED", exc.code, str(exc))
+            self._ack(e)
+        elif isinstance(exc, REDIS_ERRORS):
+            self._drop(e)
+        elif isinstance(exc, Exception):  # transient: left pending, retried on another delivery
+            code = exc.code if isinstance(exc, LongCatError) else "INTERNAL"
+            log.warning("job attempt failed; it will be retried", exc_info=exc if not isinstance(exc, LongCatError)
+                        else None, extra={"job_id": e.job_id, "attempt": attempts, "error": str(exc)})
+            # What the client reads: the kind of failure, not internal addresses (those are in the log).
+            reason = PUBLIC_REASONS.get(code, f"internal error ({type(exc).__name__})")
+            self.store.record_error(e.job_id, e.token, code, reason)
+            self._drop(e)
+        else:
+            self._drop(e)
+            raise exc
+
+    def _ack(self, e: Entry) -> None:
+        self.store.ack(e.entry_id, e.stream)
+        self._drop(e)
+
+    def _drop(self, e: Entry) -> None:
+        """Stop heart-beating the entry (acknowledged, or left pending for another worker)."""
+        with self._held_lock:
+            self.held.pop(e.entry_id, None)
+
+    def _heartbeat(self, done: threading.Event) -> None:
+        period = max(0.2, self.heartbeat_timeout_s / 5)
+        while not done.wait(period):
+            with self._held_lock:
+                by_stream: dict[str, list[str]] = {}
+                for e in self.held.values():
+                    by_stream.setdefault(e.stream, []).append(e.entry_id)
+            for stream, ids in by_stream.items():
+                try:
+                    self.store.heartbeat(self.consumer, ids, stream)
+                except REDIS_ERRORS:
+                    pass  # the main loop will notice; a missed beat only risks a reclaim, which fencing makes safe

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 from longcat.adapters.registry import AdapterInfo, AdapterRegistry
 from longcat.api.datasets import validate_datasets
 from longcat.api.edit import Limits, validate_request
-from longcat.api.edit_proto import request_from_proto
+from longcat.api.edit_proto import priority_of, request_from_proto
 from longcat.api.names import validate_name
 from longcat.api.prompts import check_prompt_length
 from longcat.api.training import Roots, TrainingSubmission
@@ -109,6 +109,7 @@ class GatewayCore:
     def submit_edit(self, caller: Caller, request: edit_pb2.EditRequest, deadline: float = 0.0) -> edit_pb2.Job:
         """Validate (the engine's own rules), resolve the seed, queue. ``deadline``: epoch seconds, 0 = none."""
         req = validate_request(request_from_proto(request), self.config.limits)
+        priority = priority_of(request)  # routed to that priority's stream
         if self.tokenizer is not None:
             check_prompt_length(self.tokenizer, req.prompt, "prompt", request.truncate_prompt)
             check_prompt_length(self.tokenizer, req.negative_prompt, "negative_prompt", request.truncate_prompt)
@@ -120,7 +121,8 @@ class GatewayCore:
             try:
                 job_id, _, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(), request.request_id,
                                                  deadline, self.config.max_queue,
-                                                 fields={"total_steps": req.num_inference_steps})
+                                                 fields={"total_steps": req.num_inference_steps,
+                                                         "priority": priority}, priority=priority)
             except LongCatError as exc:
                 if exc.code == "RESOURCE_EXHAUSTED":
                     exc.trailers = {"retry-after-ms": int(self.config.retry_after_s * 1000)}
