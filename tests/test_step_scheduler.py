@@ -27,15 +27,23 @@ TEXT_LEN = 12
 def setup(tiny_components, tmp_path_factory):
     """A private transformer copy with a store of two random adapters, and its loop + manager."""
     c = tiny_components
-    transformer = copy.deepcopy(c.transformer)
+    transformer = bare_copy(c.transformer)
     root = tmp_path_factory.mktemp("sched-adapters")
     for i, (name, rank, alpha) in enumerate([("ink", 4, 8.0), ("sun", 2, 2.0)]):
-        m = copy.deepcopy(c.transformer)
+        m = bare_copy(c.transformer)
         add_random_adapter(m, "trained", seed=300 + i, rank=rank, alpha=alpha)
         save_lora(m, "trained", root / name, rank=rank, alpha=alpha)
     loop = DenoiseLoop(transformer, c.vae, c.scheduler)
     manager = AdapterManager(transformer, AdapterStore(root), capacity=4)
     return loop, manager
+
+
+def bare_copy(transformer):
+    """A copy without the LoRA layers other tests' adapter managers left on the shared session model."""
+    m = copy.deepcopy(transformer)
+    if getattr(m, "peft_config", None):
+        m.unload_lora()
+    return m
 
 
 def make_job(loop, seed: int, steps: int, guidance: float, size=(64, 64), text_len=TEXT_LEN) -> DenoiseJob:
@@ -173,8 +181,7 @@ def test_tenants_round_robin_within_the_token_bound(setup):
 
 def test_adapter_capacity_holds_with_jobs_in_flight(setup):
     base, _ = setup
-    loop = DenoiseLoop(copy.deepcopy(base.transformer), base.vae, base.scheduler)
-    loop.transformer.unload_lora()
+    loop = DenoiseLoop(bare_copy(base.transformer), base.vae, base.scheduler)
     manager = AdapterManager(loop.transformer, setup[1].store, capacity=1)
     sched = StepScheduler(loop, manager, SchedulerBounds(max_inflight=8, max_batch_tokens=1 << 20))
     sched.admit(StepJob(make_job(loop, 50, 2, 1.0), adapters=[("ink", 1.0)]))
