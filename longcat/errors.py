@@ -68,3 +68,13 @@ class Unauthenticated(LongCatError):
 
 class DeadlineExceeded(LongCatError):
     code = "DEADLINE_EXCEEDED"
+
+
+class AlreadyExists(LongCatError):
+    """A name that is taken (an adapter uploaded without ``overwrite``)."""
+
+    code = "ALREADY_EXISTS"
+
+
+class TooLarge(InvalidArgument):
+    """An upload over its size limit (HTTP 413)."""

@@ -10,6 +10,7 @@ and an HTTP door maps JSON to them with protobuf's own json_format.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tarfile
 import tempfile
@@ -17,13 +18,16 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
+from longcat import errors
+from longcat.adapters import check as lora_check
+from longcat.adapters.check import ModelShapes, check_lora, diffusers_header_bytes, parse_peft_config
 from longcat.adapters.registry import AdapterInfo, AdapterRegistry
 from longcat.api.datasets import validate_datasets
 from longcat.api.edit import Limits, validate_request
 from longcat.api.edit_proto import request_from_proto
-from longcat.api.names import validate_name
+from longcat.api.names import DIFFUSERS_WEIGHTS, PEFT_CONFIG, PEFT_WEIGHTS, validate_name
 from longcat.api.prompts import check_prompt_length
 from longcat.api.training import Roots, TrainingSubmission
 from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound, Unavailable
@@ -60,18 +64,20 @@ class GatewayConfig:
     max_training_queue: int = 100
     retry_after_s: float = 2.0      # hint sent with RESOURCE_EXHAUSTED
     max_upload_bytes: int = 4096 << 20
+    max_adapter_bytes: int = 2048 << 20   # largest uploaded LoRA file
 
 
 class GatewayCore:
     def __init__(self, store: JobStore, config: GatewayConfig, roots: Roots | None = None,
                  dispatch: Callable[[str], None] | None = None, registry: AdapterRegistry | None = None,
-                 tokenizer=None):
+                 tokenizer=None, model_shapes: ModelShapes | None = None):
         self.store = store
         self.config = config
         self.roots = roots
         self.dispatch = dispatch    # job_id -> hands a training job to the trainers (Celery)
         self.registry = registry
         self.tokenizer = tokenizer  # counts prompt tokens (api.prompts.PromptTokenizer); None = not checked
+        self.model_shapes = model_shapes  # the served transformer's linear layers; None = uploads refused
 
     # ---- jobs of either kind: visible only to their owner (others get NOT_FOUND: existence is not leaked) ----
 
@@ -201,6 +207,81 @@ class GatewayCore:
     def delete_adapter(self, caller: Caller, name: str) -> adapters_pb2.Adapter:
         with redis_unavailable_as_error():
             return adapter_to_proto(self.registry.delete(name, caller.owner if caller.authenticated else None))
+
+    def upload_adapter(self, caller: Caller, name: str, chunks: Iterable[bytes], overwrite: bool = False,
+                       peft_config: str = "") -> adapters_pb2.Adapter:
+        """A LoRA file (diffusers or PEFT safetensors) streamed in ``chunks`` -> checked against the served
+        model from its header, then published as ``name``. Nothing is stored when any check fails."""
+        name = validate_name(name, "name")
+        if self.model_shapes is None:
+            raise Unavailable("this gateway cannot check adapters against the model: start it with --model")
+        config = parse_peft_config(peft_config or "", "peft_config")
+        with redis_unavailable_as_error(), self.registry.claim(name):
+            self._may_write(caller, name, overwrite)
+            limit = self.config.max_adapter_bytes
+            with tempfile.TemporaryDirectory(prefix="adapter-upload-") as tmp:
+                staged, size = Path(tmp) / "upload.safetensors", 0
+                with staged.open("wb") as out:
+                    for data in chunks:
+                        size += len(data)
+                        if size > limit:
+                            raise errors.TooLarge(f"the adapter is over the {limit >> 20} MiB limit", "file")
+                        out.write(data)
+                lora = check_lora(lora_check.read_header_file(staged, "file"), self.model_shapes, config, "file")
+                staged.rename(Path(tmp) / (PEFT_WEIGHTS if lora.format == "peft" else DIFFUSERS_WEIGHTS))
+                if lora.format == "peft" and config is not None:
+                    (Path(tmp) / PEFT_CONFIG).write_text(peft_config)
+                self._may_write(caller, name, overwrite)  # a training job may have published it meanwhile
+                return adapter_to_proto(self.registry.publish(name, tmp, owner=caller.owner))
+
+    def _may_write(self, caller: Caller, name: str, overwrite: bool) -> None:
+        if not self.registry.exists(name):
+            return
+        if not overwrite:
+            raise errors.AlreadyExists(f"adapter {name!r} already exists (set overwrite to replace it)", "name")
+        owner = self.registry.get(name).owner
+        if caller.authenticated and owner and owner != caller.owner:
+            raise errors.AlreadyExists(f"adapter {name!r} already exists and belongs to another caller", "name")
+
+    def download_adapter(self, caller: Caller, name: str) -> "AdapterDownload":
+        """The adapter as one diffusers-format safetensors file (a PEFT file's header is rewritten to
+        diffusers keys; its tensor bytes are streamed unchanged)."""
+        with redis_unavailable_as_error():
+            info = self.registry.get(name, "name")
+        files = self.registry.store.get(name, "name").files
+        weights = DIFFUSERS_WEIGHTS if DIFFUSERS_WEIGHTS in files else PEFT_WEIGHTS
+        f = self.registry.store.open(name, weights)
+        try:
+            size = os.fstat(f.fileno()).st_size
+            header = lora_check.read_header(f, size, "name")
+            if weights == DIFFUSERS_WEIGHTS:
+                head, start = b"", 0
+            else:
+                config = None
+                if PEFT_CONFIG in files:
+                    with self.registry.store.open(name, PEFT_CONFIG) as c:
+                        config = parse_peft_config(c.read().decode(errors="replace"), "name")
+                head, start = diffusers_header_bytes(header, config), header.data_start
+        except BaseException:
+            f.close()
+            raise
+        return AdapterDownload(adapter_to_proto(info), DIFFUSERS_WEIGHTS, len(head) + size - start, head, f, start)
+
+
+@dataclass
+class AdapterDownload:
+    adapter: adapters_pb2.Adapter
+    filename: str
+    total_bytes: int
+    head: bytes        # a rewritten header, when converting; b"" for a file sent as stored
+    file: BinaryIO
+    start: int         # where in ``file`` the bytes after ``head`` begin
+
+    def chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        with self.file:
+            if self.head:
+                yield self.head
+            yield from lora_check.iter_file(self.file, self.start, chunk_size)
 
 
 def adapter_to_proto(info: AdapterInfo) -> adapters_pb2.Adapter:

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 
 from grpc_health.v1 import health_pb2
 
+from longcat.adapters.check import ModelShapes
 from longcat.adapters.registry import AdapterRegistry
 from longcat.adapters.store import AdapterStore
 from longcat.api.edit import Limits
 from longcat.api.keys import Keys
 from longcat.api.prompts import load_prompt_tokenizer
 from longcat.api.training import Roots
+from longcat.errors import LongCatError
 from longcat.jobs.connection import REDIS_ERRORS, connect
 from longcat.jobs.store import JobStore
 from longcat.logs import setup_logging
@@ -53,6 +55,7 @@ def build_parser(parser=None):
                    help="datasets (and their caches) of training jobs must lie inside (shared with trainers)")
     p.add_argument("--output-root", default="~/.cache/longcat/outputs", help="training outputs must lie inside")
     p.add_argument("--max-upload-mb", type=int, default=4096, help="largest UploadDataset archive, MiB")
+    p.add_argument("--max-adapter-mb", type=int, default=2048, help="largest uploaded LoRA file, MiB")
     return p
 
 
@@ -72,6 +75,7 @@ class GatewaySettings(ServerSettings):
     data_root: str
     output_root: str
     max_upload_mb: int
+    max_adapter_mb: int
 
 
 def monitor_redis(client, server: GrpcServer, stop: threading.Event, period_s: float = 2.0) -> None:
@@ -122,6 +126,14 @@ def serve(args: GatewaySettings) -> None:
     auth = ApiKeys.load(args.api_keys_file or None)
     # The model's tokenizer.json through `tokenizers` (no transformers, no torch): the same ids as the encoder.
     tokenizer = load_prompt_tokenizer(args.model) if args.model else None
+    # The transformer's linear layers from its safetensors headers: uploaded LoRAs are checked against them.
+    shapes = None
+    if args.model:
+        try:
+            shapes = ModelShapes.from_model(args.model)
+        except LongCatError as exc:  # a hub id, say: serve anyway, refuse uploads with a clear message
+            log.warning("adapter uploads are off: no local transformer weights to check them against",
+                        extra={"model": args.model, "error": str(exc)})
     limits = Limits(max_pixels=args.max_pixels, max_steps=args.max_steps)
     registry = AdapterRegistry(client, AdapterStore(os.path.expanduser(args.adapter_dir)), keys)
 
@@ -129,8 +141,9 @@ def serve(args: GatewaySettings) -> None:
     dispatch = training_dispatch(args.redis_url)
 
     core = GatewayCore(store, GatewayConfig(limits, max_queue=args.max_queue,
-                                            max_upload_bytes=args.max_upload_mb * 1024 * 1024),
-                       roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer)
+                                            max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+                                            max_adapter_bytes=args.max_adapter_mb * 1024 * 1024),
+                       roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer, model_shapes=shapes)
     server = GrpcServer([edit.SERVICE, training.SERVICE, adapters.SERVICE], args.host, args.port,
                         args.max_message_mb, args.threads)
     edit_pb2_grpc.add_EditServiceServicer_to_server(edit.EditServicer(core, auth), server.server)
