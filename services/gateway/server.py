@@ -56,6 +56,8 @@ def build_parser(parser=None):
     p.add_argument("--output-root", default="~/.cache/longcat/outputs", help="training outputs must lie inside")
     p.add_argument("--max-upload-mb", type=int, default=4096, help="largest UploadDataset archive, MiB")
     p.add_argument("--max-adapter-mb", type=int, default=2048, help="largest uploaded LoRA file, MiB")
+    p.add_argument("--http-port", type=int, default=8080,
+                   help="HTTP port (OpenAI-compatible /v1/images/edits, REST jobs, /docs) on --host; 0 = off")
     return p
 
 
@@ -76,6 +78,7 @@ class GatewaySettings(ServerSettings):
     output_root: str
     max_upload_mb: int
     max_adapter_mb: int
+    http_port: int
 
 
 def monitor_redis(client, server: GrpcServer, stop: threading.Event, period_s: float = 2.0) -> None:
@@ -152,9 +155,30 @@ def serve(args: GatewaySettings) -> None:
     stop = threading.Event()
     server.install_signal_handlers(args.grace_s, on_stop=stop.set)
     server.start()
-    log.info("gateway up", extra={"auth": "on" if auth.enabled else "off", "redis": redact_url(args.redis_url)})
+    http = start_http(core, auth, client, args)
+    log.info("gateway up", extra={"auth": "on" if auth.enabled else "off", "redis": redact_url(args.redis_url),
+                                  "http_port": args.http_port})
     threading.Thread(target=monitor_redis, args=(client, server, stop), daemon=True).start()
     server.wait()
+    if http is not None:
+        http.stop()
+
+
+def start_http(core: GatewayCore, auth: ApiKeys, client, args: GatewaySettings):
+    """The HTTP door on ``--http-port`` (0: none), over the same core as the gRPC servicers."""
+    if not args.http_port:
+        return None
+    from services.gateway.http.app import create_app
+    from services.gateway.http.server import HttpServer
+
+    def ready() -> bool:
+        try:
+            return bool(client.ping())
+        except REDIS_ERRORS:
+            return False
+
+    app = create_app(core, auth, ready=ready, max_request_bytes=args.max_message_mb << 20)
+    return HttpServer(app, args.host, args.http_port, threads=args.threads).start()
 
 
 def main(argv=None) -> None:
