@@ -15,7 +15,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from services.gateway.auth import ApiKeys
 from services.gateway.core import GatewayCore
-from services.gateway.http import errors, health, images
+from services.gateway.http import adapter_upload, errors, health, images, ui
 from services.gateway.http.guard import Guard
 
 DESCRIPTION = """The LongCat Edit Stack over HTTP: OpenAI-compatible `POST /v1/images/edits`, REST jobs with
@@ -31,9 +31,10 @@ def create_app(core: GatewayCore, auth: ApiKeys, *, ready: Callable[[], bool] = 
     app.state.auth = auth
     app.state.ready = ready
     errors.install(app)
-    for module in (images, health):
+    for module in (images, health, adapter_upload):
         app.include_router(module.router)
     _offline_docs(app)
+    ui.install(app)
     app.add_middleware(Guard, auth=auth, max_request_bytes=max_request_bytes,
                        max_upload_bytes=core.config.max_upload_bytes)
     return app
