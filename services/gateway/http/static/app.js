@@ -168,6 +168,7 @@ async function runEdit(ev) {
   if ($("#negative").value) form.append("negative_prompt", $("#negative").value);
   form.append("size", $("#size").value || "auto");
   form.append("num_inference_steps", $("#steps").value);
+  form.append("preview_every", String(Math.max(1, Math.round(Number($("#steps").value) / 8))));  // ~8 previews
   form.append("guidance_scale", $("#guidance").value);
   if ($("#seed").value !== "") form.append("seed", $("#seed").value);
   const adapters = chosenAdapters();
@@ -186,7 +187,8 @@ async function runEdit(ev) {
 
 function resetEditView() {
   $("#preview").hidden = true; $("#compare").hidden = true; $("#download").hidden = true;
-  $("#edit-progress").hidden = false; $("#edit-progress").value = 0;
+  $("#edit-progress").hidden = false; $("#edit-progress").value = 0; $("#edit-progress").dataset.steps = "0";
+  $("#preview").removeAttribute("src");
   setStatus($("#edit-status"), "submitting…");
 }
 
@@ -202,7 +204,8 @@ async function watchEdit(jobId) {
       else if (ev.kind === "progress") {
         setStatus(status, `step ${ev.step}/${ev.total}` + (ev.eta_s ? ` · ${ev.eta_s.toFixed(1)} s left` : ""));
         $("#edit-progress").max = ev.total || 1; $("#edit-progress").value = ev.step;
-        if (ev.preview) { $("#preview").src = ev.preview; $("#preview").hidden = false; }
+        $("#edit-progress").dataset.steps = `${(Number($("#edit-progress").dataset.steps) || 0) + 1}`;
+        if (ev.preview) { $("#preview").src = ev.preview; $("#preview").hidden = false; $("#preview").dataset.shown = "1"; }
       } else if (ev.kind === "result") showEditResult(ev);
       else if (ev.kind === "state") {
         const failed = ev.state === "FAILED" || ev.state === "CANCELLED";
