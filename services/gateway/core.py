@@ -15,7 +15,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -23,7 +23,7 @@ from longcat.adapters.registry import AdapterInfo, AdapterRegistry
 from longcat.api.datasets import validate_datasets
 from longcat.api.edit import Limits, validate_request
 from longcat.api.edit_proto import request_from_proto
-from longcat.api.names import validate_name
+from longcat.api.names import DIFFUSERS_WEIGHTS, PEFT_WEIGHTS, validate_name
 from longcat.api.prompts import check_prompt_length
 from longcat.api.training import Roots, TrainingSubmission
 from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound, Unavailable
@@ -43,6 +43,7 @@ class Caller:
 
     owner: str
     authenticated: bool = False  # API keys on: ownership is enforced (adapters, per-owner areas)
+    key: str = field(default="", repr=False)  # the caller's API key ('' with keys off): signs its webhooks
 
 
 class JobFailed(LongCatError):
@@ -65,13 +66,14 @@ class GatewayConfig:
 class GatewayCore:
     def __init__(self, store: JobStore, config: GatewayConfig, roots: Roots | None = None,
                  dispatch: Callable[[str], None] | None = None, registry: AdapterRegistry | None = None,
-                 tokenizer=None):
+                 tokenizer=None, webhooks=None):
         self.store = store
         self.config = config
         self.roots = roots
         self.dispatch = dispatch    # job_id -> hands a training job to the trainers (Celery)
         self.registry = registry
         self.tokenizer = tokenizer  # counts prompt tokens (api.prompts.PromptTokenizer); None = not checked
+        self.webhooks = webhooks    # webhooks.Webhooks: callback_url delivery; None = callback URLs refused
 
     # ---- jobs of either kind: visible only to their owner (others get NOT_FOUND: existence is not leaked) ----
 
@@ -97,18 +99,35 @@ class GatewayCore:
             self.store.cancel(job_id, kind or "edit")
             return self.store.to_proto(self.store.get(job_id))
 
-    def list_jobs(self, caller: Caller, kind: int = 0, state: int = 0, limit: int = 0) -> list[edit_pb2.Job]:
+    def list_jobs(self, caller: Caller, kind: int = 0, state: int = 0, limit: int = 0,
+                  before: float = 0.0) -> list[edit_pb2.Job]:
+        """Newest first; ``before`` (a created_at): only older jobs, the next page."""
         limit = limit if 0 < limit <= 1000 else 100
         state_name = "" if state == edit_pb2.JOB_STATE_UNSPECIFIED else edit_pb2.JobState.Name(state)
         with redis_unavailable_as_error():
-            views = self.store.list(caller.owner, KINDS.get(kind, ""), state_name, limit)
+            views = self.store.list(caller.owner, KINDS.get(kind, ""), state_name, 1000 if before else limit)
+            views = [v for v in views if not before or v.created_at < before][:limit]
             return [self.store.to_proto(v) for v in views]
+
+    # ---- webhooks: checked before anything is queued, followed once the job exists ----
+
+    def _check_callback(self, url: str) -> None:
+        if not url:
+            return
+        if self.webhooks is None:
+            raise InvalidArgument("this gateway calls no webhooks", "callback_url")
+        self.webhooks.check(url, "callback_url")
+
+    def _follow_callback(self, caller: Caller, job_id: str, url: str, progress: bool, created: bool) -> None:
+        if url and created:
+            self.webhooks.follow(job_id, url, caller.key, progress)
 
     # ---- edits ----
 
     def submit_edit(self, caller: Caller, request: edit_pb2.EditRequest, deadline: float = 0.0) -> edit_pb2.Job:
         """Validate (the engine's own rules), resolve the seed, queue. ``deadline``: epoch seconds, 0 = none."""
         req = validate_request(request_from_proto(request), self.config.limits)
+        self._check_callback(request.callback_url)
         if self.tokenizer is not None:
             check_prompt_length(self.tokenizer, req.prompt, "prompt", request.truncate_prompt)
             check_prompt_length(self.tokenizer, req.negative_prompt, "negative_prompt", request.truncate_prompt)
@@ -118,13 +137,14 @@ class GatewayCore:
         msg.seed = req.seed
         with redis_unavailable_as_error():
             try:
-                job_id, _, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(), request.request_id,
-                                                 deadline, self.config.max_queue,
-                                                 fields={"total_steps": req.num_inference_steps})
+                job_id, created, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(),
+                                                       request.request_id, deadline, self.config.max_queue,
+                                                       fields={"total_steps": req.num_inference_steps})
             except LongCatError as exc:
                 if exc.code == "RESOURCE_EXHAUSTED":
                     exc.trailers = {"retry-after-ms": int(self.config.retry_after_s * 1000)}
                 raise
+            self._follow_callback(caller, job_id, request.callback_url, request.callback_progress, created)
             return self.store.to_proto(self.store.get(job_id))
 
     def edit(self, caller: Caller, request: edit_pb2.EditRequest, deadline: float,
@@ -158,6 +178,7 @@ class GatewayCore:
         submission = TrainingSubmission.from_request(request, self.roots, caller.owner)
         # Every dataset problem at once (names paired both ways, captions, decodable images, separate caches).
         validate_datasets(submission.dataloader, submission.config.use_reference_captions, tokenizer=self.tokenizer)
+        self._check_callback(request.callback_url)
         with redis_unavailable_as_error():
             job_id, created, _ = self.store.submit(
                 "training", caller.owner, request.SerializeToString(), request.request_id,
@@ -166,6 +187,7 @@ class GatewayCore:
                         "total_steps": submission.config.max_train_steps or 0})
             if created:
                 self.dispatch(job_id)
+            self._follow_callback(caller, job_id, request.callback_url, request.callback_progress, created)
             return self.store.to_proto(self.store.get(job_id))
 
     def upload_dataset(self, caller: Caller,
@@ -201,6 +223,25 @@ class GatewayCore:
     def delete_adapter(self, caller: Caller, name: str) -> adapters_pb2.Adapter:
         with redis_unavailable_as_error():
             return adapter_to_proto(self.registry.delete(name, caller.owner if caller.authenticated else None))
+
+
+    def download_adapter(self, caller: Caller, name: str, chunk_size: int = 1 << 20) -> tuple[str, Iterator[bytes]]:
+        """(file name, its bytes in chunks): the diffusers-format weights the trainer publishes (a PEFT-only
+        adapter placed by hand: its PEFT weights)."""
+        self.get_adapter(caller, name)  # NOT_FOUND, named, before anything streams
+        for filename in (DIFFUSERS_WEIGHTS, PEFT_WEIGHTS):
+            try:
+                f = self.registry.store.open(name, filename)
+            except NotFound:
+                continue
+            return filename, _read_chunks(f, chunk_size)
+        raise NotFound(f"adapter {name!r} has no weights file", "name")
+
+
+def _read_chunks(f, size: int) -> Iterator[bytes]:
+    with f:
+        while data := f.read(size):
+            yield data
 
 
 def adapter_to_proto(info: AdapterInfo) -> adapters_pb2.Adapter:

@@ -26,6 +26,7 @@ from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc, training_pb2_grpc
 from services.gateway import adapters, edit, training
 from services.gateway.auth import ApiKeys
 from services.gateway.core import GatewayConfig, GatewayCore
+from services.gateway.webhooks import Webhooks
 
 log = logging.getLogger("longcat.gateway")
 
@@ -55,6 +56,9 @@ def build_parser(parser=None):
     p.add_argument("--max-upload-mb", type=int, default=4096, help="largest UploadDataset archive, MiB")
     p.add_argument("--http-port", type=int, default=8080,
                    help="HTTP port (OpenAI-compatible /v1/images/edits, REST jobs, /docs) on --host; 0 = off")
+    p.add_argument("--callback-hosts", default="",
+                   help="webhook allow-list: hosts (or host:port) callback_url may name, comma-separated; "
+                        "empty = callback URLs refused")
     return p
 
 
@@ -75,6 +79,7 @@ class GatewaySettings(ServerSettings):
     output_root: str
     max_upload_mb: int
     http_port: int
+    callback_hosts: str
 
 
 def monitor_redis(client, server: GrpcServer, stop: threading.Event, period_s: float = 2.0) -> None:
@@ -133,7 +138,8 @@ def serve(args: GatewaySettings) -> None:
 
     core = GatewayCore(store, GatewayConfig(limits, max_queue=args.max_queue,
                                             max_upload_bytes=args.max_upload_mb * 1024 * 1024),
-                       roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer)
+                       roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer,
+                       webhooks=Webhooks.from_flag(store, args.callback_hosts))
     server = GrpcServer([edit.SERVICE, training.SERVICE, adapters.SERVICE], args.host, args.port,
                         args.max_message_mb, args.threads)
     edit_pb2_grpc.add_EditServiceServicer_to_server(edit.EditServicer(core, auth), server.server)
