@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Iterator
 
@@ -47,6 +47,7 @@ class Caller:
 
     owner: str
     authenticated: bool = False  # API keys on: ownership is enforced (adapters, per-owner areas)
+    key: str = field(default="", repr=False)  # the caller's API key ('' with keys off): signs its webhooks
 
 
 class JobFailed(LongCatError):
@@ -70,7 +71,7 @@ class GatewayConfig:
 class GatewayCore:
     def __init__(self, store: JobStore, config: GatewayConfig, roots: Roots | None = None,
                  dispatch: Callable[[str], None] | None = None, registry: AdapterRegistry | None = None,
-                 tokenizer=None, model_shapes: ModelShapes | None = None):
+                 tokenizer=None, model_shapes: ModelShapes | None = None, webhooks=None):
         self.store = store
         self.config = config
         self.roots = roots
@@ -78,6 +79,7 @@ class GatewayCore:
         self.registry = registry
         self.tokenizer = tokenizer  # counts prompt tokens (api.prompts.PromptTokenizer); None = not checked
         self.model_shapes = model_shapes  # the served transformer's linear layers; None = uploads refused
+        self.webhooks = webhooks    # webhooks.Webhooks: callback_url delivery; None = callback URLs refused
 
     # ---- jobs of either kind: visible only to their owner (others get NOT_FOUND: existence is not leaked) ----
 
@@ -103,18 +105,35 @@ class GatewayCore:
             self.store.cancel(job_id, kind or "edit")
             return self.store.to_proto(self.store.get(job_id))
 
-    def list_jobs(self, caller: Caller, kind: int = 0, state: int = 0, limit: int = 0) -> list[edit_pb2.Job]:
+    def list_jobs(self, caller: Caller, kind: int = 0, state: int = 0, limit: int = 0,
+                  before: float = 0.0) -> list[edit_pb2.Job]:
+        """Newest first; ``before`` (a created_at): only older jobs, the next page."""
         limit = limit if 0 < limit <= 1000 else 100
         state_name = "" if state == edit_pb2.JOB_STATE_UNSPECIFIED else edit_pb2.JobState.Name(state)
         with redis_unavailable_as_error():
-            views = self.store.list(caller.owner, KINDS.get(kind, ""), state_name, limit)
+            views = self.store.list(caller.owner, KINDS.get(kind, ""), state_name, 1000 if before else limit)
+            views = [v for v in views if not before or v.created_at < before][:limit]
             return [self.store.to_proto(v) for v in views]
+
+    # ---- webhooks: checked before anything is queued, followed once the job exists ----
+
+    def _check_callback(self, url: str) -> None:
+        if not url:
+            return
+        if self.webhooks is None:
+            raise InvalidArgument("this gateway calls no webhooks", "callback_url")
+        self.webhooks.check(url, "callback_url")
+
+    def _follow_callback(self, caller: Caller, job_id: str, url: str, progress: bool, created: bool) -> None:
+        if url and created:
+            self.webhooks.follow(job_id, url, caller.key, progress)
 
     # ---- edits ----
 
     def submit_edit(self, caller: Caller, request: edit_pb2.EditRequest, deadline: float = 0.0) -> edit_pb2.Job:
         """Validate (the engine's own rules), resolve the seed, queue. ``deadline``: epoch seconds, 0 = none."""
         req = validate_request(request_from_proto(request), self.config.limits)
+        self._check_callback(request.callback_url)
         if self.tokenizer is not None:
             check_prompt_length(self.tokenizer, req.prompt, "prompt", request.truncate_prompt)
             check_prompt_length(self.tokenizer, req.negative_prompt, "negative_prompt", request.truncate_prompt)
@@ -124,13 +143,14 @@ class GatewayCore:
         msg.seed = req.seed
         with redis_unavailable_as_error():
             try:
-                job_id, _, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(), request.request_id,
-                                                 deadline, self.config.max_queue,
-                                                 fields={"total_steps": req.num_inference_steps})
+                job_id, created, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(),
+                                                       request.request_id, deadline, self.config.max_queue,
+                                                       fields={"total_steps": req.num_inference_steps})
             except LongCatError as exc:
                 if exc.code == "RESOURCE_EXHAUSTED":
                     exc.trailers = {"retry-after-ms": int(self.config.retry_after_s * 1000)}
                 raise
+            self._follow_callback(caller, job_id, request.callback_url, request.callback_progress, created)
             return self.store.to_proto(self.store.get(job_id))
 
     def edit(self, caller: Caller, request: edit_pb2.EditRequest, deadline: float,
@@ -164,6 +184,7 @@ class GatewayCore:
         submission = TrainingSubmission.from_request(request, self.roots, caller.owner)
         # Every dataset problem at once (names paired both ways, captions, decodable images, separate caches).
         validate_datasets(submission.dataloader, submission.config.use_reference_captions, tokenizer=self.tokenizer)
+        self._check_callback(request.callback_url)
         with redis_unavailable_as_error():
             job_id, created, _ = self.store.submit(
                 "training", caller.owner, request.SerializeToString(), request.request_id,
@@ -172,6 +193,7 @@ class GatewayCore:
                         "total_steps": submission.config.max_train_steps or 0})
             if created:
                 self.dispatch(job_id)
+            self._follow_callback(caller, job_id, request.callback_url, request.callback_progress, created)
             return self.store.to_proto(self.store.get(job_id))
 
     def upload_dataset(self, caller: Caller,
@@ -282,6 +304,7 @@ class AdapterDownload:
             if self.head:
                 yield self.head
             yield from lora_check.iter_file(self.file, self.start, chunk_size)
+
 
 
 def adapter_to_proto(info: AdapterInfo) -> adapters_pb2.Adapter:

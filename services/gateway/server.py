@@ -28,6 +28,7 @@ from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc, training_pb2_grpc
 from services.gateway import adapters, edit, training
 from services.gateway.auth import ApiKeys
 from services.gateway.core import GatewayConfig, GatewayCore
+from services.gateway.webhooks import Webhooks
 
 log = logging.getLogger("longcat.gateway")
 
@@ -58,6 +59,9 @@ def build_parser(parser=None):
     p.add_argument("--max-adapter-mb", type=int, default=2048, help="largest uploaded LoRA file, MiB")
     p.add_argument("--http-port", type=int, default=8080,
                    help="HTTP port (OpenAI-compatible /v1/images/edits, REST jobs, /docs) on --host; 0 = off")
+    p.add_argument("--callback-hosts", default="",
+                   help="webhook allow-list: hosts (or host:port) callback_url may name, comma-separated; "
+                        "empty = callback URLs refused")
     return p
 
 
@@ -79,6 +83,7 @@ class GatewaySettings(ServerSettings):
     max_upload_mb: int
     max_adapter_mb: int
     http_port: int
+    callback_hosts: str
 
 
 def monitor_redis(client, server: GrpcServer, stop: threading.Event, period_s: float = 2.0) -> None:
@@ -146,7 +151,8 @@ def serve(args: GatewaySettings) -> None:
     core = GatewayCore(store, GatewayConfig(limits, max_queue=args.max_queue,
                                             max_upload_bytes=args.max_upload_mb * 1024 * 1024,
                                             max_adapter_bytes=args.max_adapter_mb * 1024 * 1024),
-                       roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer, model_shapes=shapes)
+                       roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer, model_shapes=shapes,
+                       webhooks=Webhooks.from_flag(store, args.callback_hosts))
     server = GrpcServer([edit.SERVICE, training.SERVICE, adapters.SERVICE], args.host, args.port,
                         args.max_message_mb, args.threads)
     edit_pb2_grpc.add_EditServiceServicer_to_server(edit.EditServicer(core, auth), server.server)

@@ -15,7 +15,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from services.gateway.auth import ApiKeys
 from services.gateway.core import GatewayCore
-from services.gateway.http import adapter_upload, errors, health, images, ui
+from services.gateway.http import adapters, errors, health, images, jobs, trainings, ui
 from services.gateway.http.guard import Guard
 
 DESCRIPTION = """The LongCat Edit Stack over HTTP: OpenAI-compatible `POST /v1/images/edits`, REST jobs with
@@ -31,7 +31,7 @@ def create_app(core: GatewayCore, auth: ApiKeys, *, ready: Callable[[], bool] = 
     app.state.auth = auth
     app.state.ready = ready
     errors.install(app)
-    for module in (images, health, adapter_upload):
+    for module in (images, jobs, trainings, adapters, health):
         app.include_router(module.router)
     _offline_docs(app)
     ui.install(app)

@@ -14,7 +14,3 @@ def core(request: Request) -> GatewayCore:
 def caller(request: Request) -> Caller:
     return request.scope["state"]["caller"]
 
-
-def api_key(request: Request) -> str:
-    """The caller's bearer key ('' with keys off): webhooks are signed with it."""
-    return request.scope["state"].get("api_key", "")

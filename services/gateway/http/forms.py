@@ -22,7 +22,6 @@ class EditForm:
     request: edit_pb2.EditRequest   # n = 1; the seed as given (unset = random)
     n: int
     response_format: str
-    callback_url: str = ""
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -73,8 +72,9 @@ async def edit_form(
     speed_preset: str = Form("", description="Extension: \"exact\" (default) or \"fast\"."),
     preview_every: int = Form(0, description="Extension: a preview image every N steps in job events."),
     request_id: str = Form("", description="Extension: idempotency key (resubmitting returns the same job)."),
-    callback_url: str = Form("", description="Jobs only: a URL the terminal event is POSTed to (allow-listed "
-                                             "hosts)."),
+    callback_url: str = Form("", description="Jobs only: a URL the terminal event is POSTed to, signed "
+                                             "(allow-listed hosts)."),
+    callback_progress: bool = Form(False, description="Jobs only: POST progress events to callback_url too."),
 ) -> EditForm:
     if not 1 <= n <= MAX_N:
         raise InvalidArgument(f"must be 1 to {MAX_N}, got {n}", "n")
@@ -89,9 +89,10 @@ async def edit_form(
     req = edit_pb2.EditRequest(image=data, prompt=prompt, negative_prompt=negative_prompt, width=width,
                                height=height, num_inference_steps=num_inference_steps,
                                adapters=parse_adapters(adapters), request_id=request_id,
-                               speed_preset=speed_preset, preview_every=preview_every)
+                               speed_preset=speed_preset, preview_every=preview_every,
+                               callback_url=callback_url, callback_progress=callback_progress)
     if guidance_scale is not None:
         req.guidance_scale = guidance_scale
     if seed is not None and seed != -1:
         req.seed = seed
-    return EditForm(image=data, request=req, n=n, response_format=response_format, callback_url=callback_url)
+    return EditForm(image=data, request=req, n=n, response_format=response_format)

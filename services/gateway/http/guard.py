@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from longcat.errors import Unauthenticated
 from services.gateway.auth import ApiKeys
-from services.gateway.core import Caller
 from services.gateway.http.errors import error_response, from_longcat
 
 # Prefixes whose bodies are datasets or adapter files (the upload limit), not single images.
@@ -27,11 +26,10 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or ())
         try:
-            owner = self.auth.owner_for(headers.get(b"authorization", b"").decode("latin-1"))
+            who = self.auth.caller_for(headers.get(b"authorization", b"").decode("latin-1"))
         except Unauthenticated as exc:
             return await from_longcat(exc)(scope, receive, send)
-        scope.setdefault("state", {})["caller"] = Caller(owner, authenticated=self.auth.enabled)
-        scope["state"]["api_key"] = _bearer(headers.get(b"authorization", b"").decode("latin-1"))
+        scope.setdefault("state", {})["caller"] = who
         limit = self.max_upload_bytes if scope["path"].startswith(UPLOAD_PREFIXES) else self.max_request_bytes
         length = headers.get(b"content-length")
         if length is not None:
@@ -44,10 +42,6 @@ class Guard:
                 return await error_response(413, f"the request body is {size} bytes, over the {limit} byte limit",
                                             None, "request_too_large")(scope, receive, send)
         return await self.app(scope, _limited(receive, limit) if length is None else receive, send)
-
-
-def _bearer(header: str) -> str:
-    return header[7:].strip() if header.lower().startswith("bearer ") else ""
 
 
 def _limited(receive, limit: int):

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from longcat.errors import InvalidArgument, NotFound
+from longcat.errors import NotFound
 from longcat.v1 import edit_pb2
 from services.gateway.core import Caller, GatewayCore
 from services.gateway.http.deps import caller, core
@@ -57,8 +57,6 @@ def numbered(request: edit_pb2.EditRequest, i: int) -> edit_pb2.EditRequest:
              responses={200: {"description": "OpenAI's images response: {created, data: [{b64_json | url}]}"}})
 async def images_edits(request: Request, form: EditForm = Depends(edit_form), who: Caller = Depends(caller),
                        gw: GatewayCore = Depends(core)) -> dict:
-    if form.callback_url:
-        raise InvalidArgument("webhooks are for async jobs: POST /v1/jobs/edits", "callback_url")
     results = await asyncio.gather(*[
         while_connected(request, gw.edit, who, numbered(form.request, i), 0.0) for i in range(form.n)])
     data = []
