@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -151,8 +150,12 @@ def test_edit_with_progress_and_result(stack, browser):
     assert browser.find_element("id", "download").get_attribute("href") == after
     assert "64×64" in browser.find_element("id", "edit-status").text
     path = shot(browser, "edit")
-    if os.environ.get("LONGCAT_UI_SCREENSHOT"):
-        shutil.copy(path, os.environ["LONGCAT_UI_SCREENSHOT"])
+    if os.environ.get("LONGCAT_UI_SCREENSHOT"):  # the README's picture: a small palette PNG
+        from PIL import Image
+
+        with Image.open(path) as im:
+            small = im.convert("RGB").resize((im.width * 3 // 4, im.height * 3 // 4), Image.LANCZOS)
+            small.quantize(colors=64).save(os.environ["LONGCAT_UI_SCREENSHOT"], optimize=True)
 
 
 def test_upload_list_download_delete_adapter(stack, browser, tmp_path, tiny_components):

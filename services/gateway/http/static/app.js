@@ -375,7 +375,6 @@ function drawLoss() {
   ctx.fillStyle = "#6b7280"; ctx.font = "11px system-ui";
   ctx.strokeStyle = "#d9dde5";
   ctx.strokeRect(pad, 8, w - pad - 8, h - pad - 8);
-  ctx.fillText("loss", 4, 16);
   const pts = ui.losses.filter(([, l]) => Number.isFinite(l));
   if (!pts.length) { ctx.fillText("the loss appears here as the job trains", pad + 10, h / 2); return; }
   const maxStep = Math.max(...pts.map((p) => p[0]), 1), minStep = Math.min(...pts.map((p) => p[0]));
@@ -385,6 +384,7 @@ function drawLoss() {
   const y = (l) => 8 + (1 - (l - lo) / (hi - lo)) * (h - pad - 8);
   ctx.fillText(hi.toPrecision(3), 2, 18); ctx.fillText(lo.toPrecision(3), 2, h - pad);
   ctx.fillText(`step ${minStep}`, pad, h - 12); ctx.fillText(`step ${maxStep}`, w - 60, h - 12);
+  ctx.fillText("loss", w / 2 - 10, h - 12);
   ctx.strokeStyle = "#c2410c"; ctx.lineWidth = 2; ctx.beginPath();
   pts.forEach(([s, l], i) => (i ? ctx.lineTo(x(s), y(l)) : ctx.moveTo(x(s), y(l))));
   ctx.stroke();
