@@ -182,3 +182,31 @@ def test_never_replaced_silently_and_only_by_its_owner(stack, loras):
         assert (again.format, again.owner) == ("peft", "alice")
     dup = cli(stack, "adapters", "upload", "owned", str(loras["diffusers"]), "--json", check=False)
     assert dup.returncode != 0 and json.loads(dup.stdout)["code"] == "ALREADY_EXISTS"
+
+
+def test_http_upload_and_download(stack, loras, tmp_path):
+    """The same over HTTP: multipart ``file`` (+ PEFT ``config``), 201/409/413 with OpenAI's error shape."""
+    import httpx
+    from safetensors.torch import load_file
+
+    url = stack.gateways["main"].http_url
+    peft = loras["peft"]
+    with httpx.Client(base_url=url, timeout=60) as http:
+        files = {"file": ("adapter_model.safetensors", (peft / "adapter_model.safetensors").read_bytes()),
+                 "config": ("adapter_config.json", (peft / "adapter_config.json").read_bytes())}
+        r = http.post("/v1/adapters/http-peft", files=files)
+        assert r.status_code == 201, r.text
+        assert (r.json()["format"], r.json()["rank"], r.json()["alpha"]) == ("peft", 4, 8.0)
+        dup = http.post("/v1/adapters/http-peft", files=files)
+        assert dup.status_code == 409 and dup.json()["error"]["param"] == "name"
+        replaced = http.post("/v1/adapters/http-peft", files=files, data={"overwrite": "true"})
+        assert replaced.status_code == 201
+        big = http.post("/v1/adapters/http-big", files={"file": ("x.safetensors", b"\0" * (1 << 20) + b"\0")})
+        assert big.status_code == 413 and big.json()["error"]["param"] == "file"
+        bad = http.post("/v1/adapters/http-bad", files={"file": ("x.safetensors", b"\x08" + b"\0" * 7 + b"[1,2,3] ")})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "file"
+        got = http.get("/v1/adapters/http-peft/download")
+        assert got.status_code == 200 and int(got.headers["content-length"]) == len(got.content)
+        (tmp_path / "got.safetensors").write_bytes(got.content)
+    want, mine = load_file(str(loras["diffusers"])), load_file(str(tmp_path / "got.safetensors"))
+    assert sorted(want) == sorted(mine) and all(torch.equal(want[k], mine[k]) for k in want)
