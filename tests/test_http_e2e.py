@@ -218,6 +218,25 @@ def test_webhook_progress_when_asked(stack, http):
         receiver.close()
 
 
+def test_webhook_over_grpc_signed_with_the_metadata_key(stack):
+    import grpc
+
+    from tests.gateway_stack import request, rpc_error, submit
+
+    receiver = Receiver()
+    try:
+        stub, alice = stack.edit("auth"), (("authorization", "Bearer key-alice"),)
+        job = submit(stub, request(64, 2, callback_url=receiver.url), metadata=alice)
+        headers, body = receiver.wait(0, 240, until=lambda calls: calls)[0]
+        assert json.loads(body)["job_id"] == job.id and json.loads(body)["kind"] == "result"
+        assert headers["x-longcat-signature"] == "sha256=" + hmac.new(b"key-alice", body, hashlib.sha256).hexdigest()
+        err = rpc_error(stub.SubmitEdit, request(64, 2, callback_url="http://169.254.169.254/x"), metadata=alice,
+                        timeout=30)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("callback_url:")
+    finally:
+        receiver.close()
+
+
 @pytest.mark.parametrize("callback", ["http://10.0.0.1/hook", "http://localhost:1/x", "ftp://127.0.0.1/x",
                                       "not a url"])
 def test_webhook_hosts_off_the_allow_list_are_refused_at_submission(stack, http, callback):
