@@ -38,7 +38,7 @@ def delete_adapter(name: str, who: Caller = Depends(caller), gw: GatewayCore = D
 def download_adapter(name: str, who: Caller = Depends(caller), gw: GatewayCore = Depends(core)):
     download = gw.download_adapter(who, name)  # a PEFT-format adapter comes out with diffusers keys
     return StreamingResponse(download.chunks(), media_type="application/octet-stream",
-                             headers={"Content-Disposition": f'attachment; filename="{name}.safetensors"',
+                             headers={"Content-Disposition": f'attachment; filename="{name}.{download.filename}"',
                                       "Content-Length": str(download.total_bytes)})
 
 
