@@ -78,3 +78,10 @@ class AlreadyExists(LongCatError):
 
 class TooLarge(InvalidArgument):
     """An upload over its size limit (HTTP 413)."""
+
+
+class FailedPrecondition(LongCatError):
+    """The server is not set up for this request (and retrying will not help): an adapter upload to a gateway
+    started without the model to check it against."""
+
+    code = "FAILED_PRECONDITION"

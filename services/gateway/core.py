@@ -236,7 +236,8 @@ class GatewayCore:
         model from its header, then published as ``name``. Nothing is stored when any check fails."""
         name = validate_name(name, "name")
         if self.model_shapes is None:
-            raise Unavailable("this gateway cannot check adapters against the model: start it with --model")
+            raise errors.FailedPrecondition("this gateway cannot check adapters against the model: start it with "
+                                            "--model (a local model folder or tiny)")
         config = parse_peft_config(peft_config or "", "peft_config")
         with redis_unavailable_as_error(), self.registry.claim(name):
             self._may_write(caller, name, overwrite)
