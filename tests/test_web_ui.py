@@ -47,11 +47,13 @@ def stack(tmp_path_factory, tiny_model_path, redis_server):
                 ServiceProcess("denoiser", ["--model", tiny_model_path, *shared, "--encoder", encoder.address], logs),
                 ServiceProcess("trainer", ["--model", tiny_model_path, *shared, *roots], logs),
                 ServiceProcess("gateway", ["--model", tiny_model_path, *shared, *roots], logs,
+                               env={"LONGCAT_API_KEYS": "alice:key-alice"}),
+                ServiceProcess("gateway", ["--model", tiny_model_path, *shared, *roots], logs,
                                env={"LONGCAT_API_KEYS": ""})]
     try:
         for svc in services:
             svc.wait_serving(240)
-        yield {"url": services[-1].http_url, "root": root, "adapters": adapters, "gateway": services[-1]}
+        yield {"url": services[-1].http_url, "keyed_url": services[-2].http_url, "root": root, "adapters": adapters}
     finally:
         for svc in reversed(services):
             svc.stop(signal.SIGTERM, timeout=30)
@@ -102,6 +104,7 @@ def shot(driver, name: str) -> Path:
 
 
 def open_tab(driver, stack, tab: str) -> None:
+    driver.get("about:blank")  # a fresh page: only the hash would change otherwise, keeping the last test's state
     driver.get(f"{stack['url']}/#{tab}")
     wait(driver, lambda d: d.find_element("id", f"tab-{tab}").is_displayed(), 20, f"the {tab} tab")
 
@@ -226,3 +229,53 @@ def test_training_shows_loss_and_validation_then_edit_with_adapter(stack, browse
              browser.find_elements("css selector", "#job-table tbody tr")}
     assert {"edit", "training"} <= kinds, kinds
     assert time.monotonic() - t0 < 30
+    # Open the finished edit from the list: its result comes back on the Edit tab.
+    edit_row = next(r for r in browser.find_elements("css selector", "#job-table tbody tr")
+                    if r.find_elements("css selector", "td")[1].text == "edit")
+    edit_row.find_element("css selector", "button.open").click()
+    wait(browser, lambda d: d.find_element("id", "compare").is_displayed(), 30, "the opened job's result")
+    assert browser.find_element("id", "after").get_attribute("src").startswith("blob:")
+
+
+def test_training_cancel(stack, browser, tmp_path):
+    edits, refs = write_pairs(tmp_path / "pairs", count=2, size=(64, 64), seed=1)
+    open_tab(browser, stack, "train")
+    wait(browser, lambda d: d.find_element("id", "train-config").get_attribute("value"), 10, "the prefilled config")
+    config = json.loads(browser.find_element("id", "train-config").get_attribute("value"))
+    config.update(max_train_steps=500, validation_steps=1000, checkpointing_steps=1000, lora_rank=4, lora_alpha=4,
+                  output_dir="runs/ui-cancel")
+    set_value(browser, "train-config", json.dumps(config))
+    set_value(browser, "train-name", "ui-cancel")
+    browser.find_element("id", "edits-dir").send_keys(str(edits))
+    browser.find_element("id", "refs-dir").send_keys(str(refs))
+    browser.find_element("id", "run-train").click()
+    wait(browser, lambda d: int(d.find_element("id", "loss-chart").get_attribute("data-points") or 0) >= 1, 240,
+         "the first loss point")
+    browser.find_element("id", "cancel-train").click()
+    wait(browser, lambda d: d.find_element("id", "train-status").text.startswith("cancelled"), 120,
+         "the job to be cancelled")
+    assert not browser.find_element("id", "use-adapter").is_displayed()
+
+
+def test_api_key_field_when_keys_are_on(stack, browser, tmp_path, tiny_components):
+    from tests.test_engine import _random_lora
+
+    browser.get("about:blank")
+    browser.get(f"{stack['keyed_url']}/#adapters")
+    box = wait(browser, lambda d: (lambda e: e if e.is_displayed() else None)(d.find_element("id", "key-box")), 20,
+               "the API-key field")
+    wait(browser, lambda d: "API key" in d.find_element("id", "notice").text
+         or d.find_element("id", "notice").text, 20, "the 401 shown")
+    key = box.find_element("id", "api-key")
+    key.send_keys("key-alice")
+    browser.execute_script("arguments[0].dispatchEvent(new Event('change'))", key)
+    lora = _random_lora(tiny_components.transformer, tmp_path / "lora", seed=4)
+    set_value(browser, "upload-name", "ui-keyed")
+    browser.find_element("id", "upload-file").send_keys(str(lora))
+    browser.find_element("id", "run-upload").click()
+    row = wait(browser, lambda d: d.find_elements("css selector", "#adapter-table tr[data-name='ui-keyed']"), 30,
+               "the keyed upload's row")[0]
+    assert "alice" in row.text
+    assert browser.execute_script("return localStorage.getItem('longcat.apiKey')") == "key-alice"
+    shot(browser, "api-key")
+    browser.execute_script("localStorage.removeItem('longcat.apiKey')")
