@@ -153,6 +153,17 @@ def test_edit_with_progress_and_result(stack, browser):
     assert browser.find_element("id", "download").get_attribute("href") == after
     assert "64×64" in browser.find_element("id", "edit-status").text
     path = shot(browser, "edit")
+    # Drag and drop: a PNG dropped on the drop zone becomes the input image.
+    browser.execute_script("""
+        const c = Object.assign(document.createElement('canvas'), {width: 32, height: 32});
+        c.getContext('2d').fillRect(0, 0, 16, 16);
+        c.toBlob((blob) => {
+          const dt = new DataTransfer();
+          dt.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
+          document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+        }, 'image/png');""")
+    wait(browser, lambda d: d.execute_script("return document.getElementById('before-thumb').naturalWidth") == 32,
+         10, "the dropped image")  # sample.png is wider: only the dropped 32x32 PNG makes this true
     if os.environ.get("LONGCAT_UI_SCREENSHOT"):  # the README's picture: a small palette PNG
         from PIL import Image
 
