@@ -111,6 +111,13 @@ def test_missing_or_wrong_key_is_401_in_openai_shape(stack):
         assert err.value.status_code == 401 and err.value.body["type"] == "authentication_error"
 
 
+def test_a_request_past_its_time_limit_is_504(http):
+    r = http.post("/v1/images/edits", data=form(), files=files(), headers={"X-Request-Timeout": "0.001"})
+    assert r.status_code == 504 and r.json()["error"]["type"] == "timeout_error", r.text
+    bad = http.post("/v1/images/edits", data=form(), files=files(), headers={"X-Request-Timeout": "soon"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-request-timeout"
+
+
 def test_an_undecodable_image_is_a_400_naming_image(http):
     r = http.post("/v1/images/edits", data=form(), files=files(b"not an image"))
     assert r.status_code == 400 and r.json()["error"]["param"] == "image"

@@ -159,9 +159,16 @@ def serve(args: GatewaySettings) -> None:
     training_pb2_grpc.add_TrainingServiceServicer_to_server(training.TrainingServicer(core, auth), server.server)
     adapters_pb2_grpc.add_AdapterServiceServicer_to_server(adapters.AdapterServicer(core, auth), server.server)
     stop = threading.Event()
-    server.install_signal_handlers(args.grace_s, on_stop=stop.set)
+    doors = {}
+
+    def on_stop() -> None:  # SIGTERM: both doors stop taking work and drain (readiness turns false at once)
+        stop.set()
+        if doors.get("http") is not None:
+            doors["http"].begin_stop()
+
+    server.install_signal_handlers(args.grace_s, on_stop=on_stop)
     server.start()
-    http = start_http(core, auth, client, args)
+    http = doors["http"] = start_http(core, auth, client, args, stop)
     log.info("gateway up", extra={"auth": "on" if auth.enabled else "off", "redis": redact_url(args.redis_url),
                                   "http_port": args.http_port})
     threading.Thread(target=monitor_redis, args=(client, server, stop), daemon=True).start()
@@ -170,7 +177,7 @@ def serve(args: GatewaySettings) -> None:
         http.stop()
 
 
-def start_http(core: GatewayCore, auth: ApiKeys, client, args: GatewaySettings):
+def start_http(core: GatewayCore, auth: ApiKeys, client, args: GatewaySettings, stopping: threading.Event):
     """The HTTP door on ``--http-port`` (0: none), over the same core as the gRPC servicers."""
     if not args.http_port:
         return None
@@ -178,13 +185,15 @@ def start_http(core: GatewayCore, auth: ApiKeys, client, args: GatewaySettings):
     from services.gateway.http.server import HttpServer
 
     def ready() -> bool:
+        if stopping.is_set():
+            return False
         try:
             return bool(client.ping())
         except REDIS_ERRORS:
             return False
 
     app = create_app(core, auth, ready=ready, max_request_bytes=args.max_message_mb << 20)
-    return HttpServer(app, args.host, args.http_port, threads=args.threads).start()
+    return HttpServer(app, args.host, args.http_port, threads=args.threads, grace_s=args.grace_s).start()
 
 
 def main(argv=None) -> None:

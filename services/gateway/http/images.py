@@ -10,11 +10,11 @@ import time
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
-from longcat.errors import NotFound
+from longcat.errors import InvalidArgument, NotFound
 from longcat.v1 import edit_pb2
-from services.gateway.core import Caller, GatewayCore
+from services.gateway.core import Caller, GatewayCore, deadline_from_remaining
 from services.gateway.http.deps import caller, core
 from services.gateway.http.errors import NotYet
 from services.gateway.http.forms import EditForm, edit_form
@@ -42,6 +42,22 @@ async def while_connected(request: Request, fn, *args):
         watcher.cancel()
 
 
+def request_timeout(request: Request) -> float | None:
+    """The caller's own time limit, seconds, as gRPC's deadline: ``X-Request-Timeout``, or the header OpenAI's
+    Python client sends with its ``timeout`` (``X-Stainless-Timeout``). Past it the edit fails with 504."""
+    for name in ("x-request-timeout", "x-stainless-timeout"):
+        value = request.headers.get(name)
+        if value:
+            try:
+                seconds = float(value)
+            except ValueError:
+                raise InvalidArgument(f"{value!r} is not a number of seconds", name) from None
+            if not seconds > 0:
+                raise InvalidArgument(f"must be a positive number of seconds, got {value!r}", name)
+            return seconds
+    return None
+
+
 def numbered(request: edit_pb2.EditRequest, i: int) -> edit_pb2.EditRequest:
     """Image ``i`` of ``n``: seed + i (when a seed was given), its own idempotency key."""
     msg = edit_pb2.EditRequest()
@@ -54,11 +70,13 @@ def numbered(request: edit_pb2.EditRequest, i: int) -> edit_pb2.EditRequest:
 
 
 @router.post("/v1/images/edits", summary="Edit an image (OpenAI-compatible)",
+             response_class=JSONResponse,
              responses={200: {"description": "OpenAI's images response: {created, data: [{b64_json | url}]}"}})
 async def images_edits(request: Request, form: EditForm = Depends(edit_form), who: Caller = Depends(caller),
-                       gw: GatewayCore = Depends(core)) -> dict:
+                       gw: GatewayCore = Depends(core)) -> JSONResponse:
+    deadline = deadline_from_remaining(request_timeout(request))
     results = await asyncio.gather(*[
-        while_connected(request, gw.edit, who, numbered(form.request, i), 0.0) for i in range(form.n)])
+        while_connected(request, gw.edit, who, numbered(form.request, i), deadline) for i in range(form.n)])
     data = []
     for result in results:
         if form.response_format == "url":
@@ -66,7 +84,8 @@ async def images_edits(request: Request, form: EditForm = Depends(edit_form), wh
                          "seed": result.seed})
         else:
             data.append({"b64_json": base64.b64encode(result.image).decode(), "seed": result.seed})
-    return {"created": int(time.time()), "data": data}
+    # A plain JSONResponse: the images are large strings, FastAPI's response encoding would walk them again.
+    return JSONResponse({"created": int(time.time()), "data": data})
 
 
 @router.get("/v1/images/results/{job_id}.png", summary="An edit's result image (same key as the edit)",

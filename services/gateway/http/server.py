@@ -12,9 +12,10 @@ log = logging.getLogger("longcat.gateway.http")
 
 
 class HttpServer:
-    def __init__(self, app, host: str, port: int, threads: int = 64):
+    def __init__(self, app, host: str, port: int, threads: int = 64, grace_s: float = 30.0):
+        # On stop: no new connections, in-flight requests get the same drain time as gRPC calls (--grace-s).
         self.config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                                     timeout_graceful_shutdown=5, lifespan="off")
+                                     timeout_graceful_shutdown=max(1, int(grace_s)), lifespan="off")
         self.server = uvicorn.Server(self.config)
         self.threads = threads
         self.thread = threading.Thread(target=self._run, name="http", daemon=True)
@@ -42,6 +43,9 @@ class HttpServer:
         log.info("http up", extra={"url": f"http://{self.config.host}:{self.config.port}"})
         return self
 
-    def stop(self) -> None:
+    def begin_stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(10)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.begin_stop()
+        self.thread.join(timeout)
