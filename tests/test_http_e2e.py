@@ -317,7 +317,9 @@ def test_training_submission_with_a_zip_lands_the_dataset_and_cancels(stack, htt
 def test_health_readiness_metrics_docs_offline(http):
     assert http.get("/healthz").json() == {"status": "ok"}
     assert http.get("/readyz").status_code == 200
-    assert "python_info" in http.get("/metrics").text
+    metrics = http.get("/metrics").text
+    assert "python_info" in metrics and 'longcat_http_requests_total{method="GET",route="/healthz",status="200"}' \
+        in metrics
     schema = http.get("/openapi.json").json()
     assert {"/v1/images/edits", "/v1/jobs/{job_id}/events", "/v1/trainings", "/v1/adapters"} <= set(schema["paths"])
     page = http.get("/docs").text
