@@ -176,6 +176,14 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(stack):
     r = httpx.post(url(stack, "small") + "/v1/images/edits", data=form(), files=files(big), timeout=60)
     assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
 
+    def chunked():  # no Content-Length: cut off once past the limit
+        for _ in range(3):
+            yield b"x" * (1 << 20)
+
+    r = httpx.post(url(stack, "small") + "/v1/images/edits", content=chunked(), timeout=60,
+                   headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
+
 
 def test_jobs_list_pages_with_a_cursor_and_are_private(stack):
     alice = httpx.Client(base_url=url(stack, "auth"), headers={"Authorization": "Bearer key-alice"}, timeout=300)
