@@ -176,7 +176,9 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(stack):
     r = httpx.post(url(stack, "small") + "/v1/images/edits", data=form(), files=files(big), timeout=60)
     assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
 
-    def chunked():  # no Content-Length: cut off once past the limit
+    def chunked():  # no Content-Length: a well-formed file part that goes on past the limit is cut off
+        yield (b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+               b"Content-Type: image/png\r\n\r\n")
         for _ in range(3):
             yield b"x" * (1 << 20)
 
