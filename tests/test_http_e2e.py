@@ -176,6 +176,16 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(stack):
     r = httpx.post(url(stack, "small") + "/v1/images/edits", data=form(), files=files(big), timeout=60)
     assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
 
+    def chunked():  # no Content-Length: a well-formed file part that goes on past the limit is cut off
+        yield (b'--xyz\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+               b"Content-Type: image/png\r\n\r\n")
+        for _ in range(3):
+            yield b"x" * (1 << 20)
+
+    r = httpx.post(url(stack, "small") + "/v1/images/edits", content=chunked(), timeout=60,
+                   headers={"Content-Type": "multipart/form-data; boundary=xyz"})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "request_too_large"
+
 
 def test_jobs_list_pages_with_a_cursor_and_are_private(stack):
     alice = httpx.Client(base_url=url(stack, "auth"), headers={"Authorization": "Bearer key-alice"}, timeout=300)
@@ -317,7 +327,9 @@ def test_training_submission_with_a_zip_lands_the_dataset_and_cancels(stack, htt
 def test_health_readiness_metrics_docs_offline(http):
     assert http.get("/healthz").json() == {"status": "ok"}
     assert http.get("/readyz").status_code == 200
-    assert "python_info" in http.get("/metrics").text
+    metrics = http.get("/metrics").text
+    assert "python_info" in metrics and 'longcat_http_requests_total{method="GET",route="/healthz",status="200"}' \
+        in metrics
     schema = http.get("/openapi.json").json()
     assert {"/v1/images/edits", "/v1/jobs/{job_id}/events", "/v1/trainings", "/v1/adapters"} <= set(schema["paths"])
     page = http.get("/docs").text

@@ -78,4 +78,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        limit = request.scope.get("state", {}).get("body_too_large")
+        if limit:
+            return error_response(413, f"the request body is over the {limit} byte limit", None, "request_too_large")
         return error_response(exc.status_code, str(exc.detail), None, None, getattr(exc, "headers", None))

@@ -41,10 +41,24 @@ class Guard:
             if size > limit:
                 return await error_response(413, f"the request body is {size} bytes, over the {limit} byte limit",
                                             None, "request_too_large")(scope, receive, send)
-        return await self.app(scope, _limited(receive, limit) if length is None else receive, send)
+        if length is not None:
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def sending(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            return await self.app(scope, _limited(receive, limit, scope["state"]), sending)
+        except BodyTooLarge as exc:
+            if started:
+                raise
+            return await error_response(413, str(exc), None, "request_too_large")(scope, receive, send)
 
 
-def _limited(receive, limit: int):
+def _limited(receive, limit: int, state: dict):
     """A body sent without Content-Length (chunked): cut it off past the limit (the form parser then fails
     with a 400 rather than buffering without bound)."""
     seen = 0
@@ -55,6 +69,7 @@ def _limited(receive, limit: int):
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
+                state["body_too_large"] = limit  # the form parser turns any error into a 400: errors.py looks here
                 raise BodyTooLarge(limit)
         return message
 
