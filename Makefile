@@ -12,7 +12,7 @@ TORCH_PIP_ARGS ?=
 DEMO_OUT ?= demo-output
 PYTEST_ARGS ?=
 
-.PHONY: venv test lint demo protos redis clean help
+.PHONY: venv test lint demo protos redis chromium clean help
 
 help:
 	@echo "make demo | make test | make lint | make protos | make clean"
@@ -43,13 +43,21 @@ redis:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server redis-sentinel >/dev/null; }
 
+# The web UI's browser tests drive Debian's headless Chromium with its chromedriver (tests/test_web_ui.py also
+# installs them when missing, like this target).
+chromium:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing chromium + chromium-driver (Debian packages, for the browser tests)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 # Lint (ruff: pyflakes + import order) and the layer contracts (import-linter, [tool.importlinter]) first.
 lint: venv
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/lint-imports --no-cache
 
-test: protos redis lint
+test: protos redis chromium lint
 	@set -o pipefail; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no tests were collected" >&2; exit 1; fi; exit $$rc
 

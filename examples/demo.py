@@ -30,7 +30,8 @@ def sh(*args: str, env: dict) -> None:
 
 
 def start_stack(out: Path, env: dict) -> tuple[subprocess.Popen, str]:
-    ports = {flag: str(free_port()) for flag in ("--port", "--encoder-port", "--denoiser-port", "--trainer-port")}
+    ports = {flag: str(free_port()) for flag in ("--port", "--encoder-port", "--denoiser-port", "--trainer-port",
+                                                 "--http-port")}
     redis_url = f"redis://127.0.0.1:{free_port()}/0"  # a private Redis, so a user's own one is never touched
     cmd = [sys.executable, "-m", "longcat.cli.main", "up", "--model", "tiny", "--redis-url", redis_url,
            "--data-dir", str(out / "stack"), "--metrics-port", "0", "--json", *[x for kv in ports.items() for x in kv]]

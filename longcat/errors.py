@@ -68,3 +68,20 @@ class Unauthenticated(LongCatError):
 
 class DeadlineExceeded(LongCatError):
     code = "DEADLINE_EXCEEDED"
+
+
+class AlreadyExists(LongCatError):
+    """A name that is taken (an adapter uploaded without ``overwrite``)."""
+
+    code = "ALREADY_EXISTS"
+
+
+class TooLarge(InvalidArgument):
+    """An upload over its size limit (HTTP 413)."""
+
+
+class FailedPrecondition(LongCatError):
+    """The server is not set up for this request (and retrying will not help): an adapter upload to a gateway
+    started without the model to check it against."""
+
+    code = "FAILED_PRECONDITION"

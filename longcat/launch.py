@@ -42,8 +42,17 @@ class ServiceProcess:
         self.address = f"{connect_host}:{self.port}"
         self.append_log = log_path is not None
         self.log_path = Path(log_path) if log_path is not None else Path(log_dir) / f"{name}-{self.port}.log"
+        # The gateway's HTTP door: a free port too (unless the args choose one; 0 = off), so that gateways
+        # started side by side (tests, benches) never fight over the default 8080.
+        self.http_port = None
+        http_args: list[str] = []
+        if (module or f"services.{name}") == "services.gateway":
+            given = list(args)
+            self.http_port = int(given[given.index("--http-port") + 1]) if "--http-port" in given else free_port()
+            http_args = ["--http-port", str(self.http_port)]
+        self.http_url = f"http://{connect_host}:{self.http_port}" if self.http_port else None
         self.cmd = [sys.executable, "-m", module or f"services.{name}", "--host", host, "--port", str(self.port),
-                    "--metrics-port", str(self.metrics_port), *args]
+                    "--metrics-port", str(self.metrics_port), *http_args, *args]
         self.env = {**os.environ, **(env or {})}
         self.popen_kwargs = dict(popen_kwargs or {})
         self.proc: subprocess.Popen | None = None

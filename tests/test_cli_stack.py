@@ -26,10 +26,11 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, tiny_model_path):
     data = tmp_path_factory.mktemp("cli-stack")
-    ports = [str(free_port()) for _ in range(5)]
+    ports = [str(free_port()) for _ in range(6)]
     cmd = [sys.executable, "-m", "longcat.cli.main", "up", "--model", tiny_model_path, "--port", ports[0],
            "--encoder-port", ports[1], "--denoiser-port", ports[2], "--trainer-port", ports[3],
-           "--redis-url", f"redis://127.0.0.1:{ports[4]}/0", "--metrics-port", "0", "--data-dir", str(data),
+           "--redis-url", f"redis://127.0.0.1:{ports[4]}/0", "--http-port", ports[5], "--metrics-port", "0",
+           "--data-dir", str(data),
            "--json"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(data / "up.err", "w"), text=True, cwd=ROOT)
     info = json.loads(proc.stdout.readline() or "{}")

@@ -265,12 +265,15 @@ def ports(c: dict) -> dict[str, int]:
 @pytest.mark.parametrize("service", SERVICES)
 def test_ports_are_the_services_defaults(tree, service):
     c = container(tree, service)
-    assert ports(c) == {"grpc": DEFAULT_PORTS[service], "metrics": DEFAULT_METRICS_PORTS[service]}
+    http = {"http": 8080} if service == "gateway" else {}  # the HTTP door: tests/test_deploy_http.py
+    assert ports(c) == {"grpc": DEFAULT_PORTS[service], "metrics": DEFAULT_METRICS_PORTS[service], **http}
     env = env_of(tree, service)
     for flag, expected in (("--port", DEFAULT_PORTS[service]), ("--metrics-port", DEFAULT_METRICS_PORTS[service])):
         if env.get(env_name(flag)) is not None:  # a port set by config must be the one the Pod exposes
             assert int(env[env_name(flag)]) == expected
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        if "httpGet" in c[probe] and http:  # the gateway's HTTP probes: tests/test_deploy_http.py
+            continue
         assert c[probe]["grpc"]["port"] == DEFAULT_PORTS[service], f"{service} {probe}"
     svc = one(tree, "Service", service)
     pod_labels = one(tree, "Deployment", service)["spec"]["template"]["metadata"]["labels"]
@@ -326,9 +329,11 @@ def test_probe_health_service_names_are_registered(service):
     for tree in TREES:
         c = container(tree, service)
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            assert c[probe]["grpc"].get("service", "") in names, f"{tree} {service} {probe}"
+            if "grpc" in c[probe] or service != "gateway":  # the gateway's HTTP probes: test_deploy_http.py
+                assert c[probe]["grpc"].get("service", "") in names, f"{tree} {service} {probe}"
         # readiness must follow the service's own name: NOT_SERVING until the model is warm
-        assert c["readinessProbe"]["grpc"]["service"] != ""
+        if "grpc" in c["readinessProbe"] or service != "gateway":
+            assert c["readinessProbe"]["grpc"]["service"] != ""
 
 
 # ---- LONGCAT_* variables against the flag parsers -----------------------------------------------------------------
@@ -850,8 +855,8 @@ def test_only_the_gateway_is_reachable_from_outside_the_namespace(tree):
             rule_ports = set()
             for port in rule.get("ports", []):
                 rule_ports |= set(range(port["port"], port.get("endPort", port["port"]) + 1))
-            if selected <= {"gateway"}:
-                assert rule_ports == {DEFAULT_PORTS["gateway"]}, p["metadata"]["name"]
+            if selected <= {"gateway"}:  # gRPC and the HTTP door
+                assert rule_ports == {DEFAULT_PORTS["gateway"], 8080}, p["metadata"]["name"]
             elif selected == {"redis"}:  # the KEDA operator reads the stream and the queue
                 assert peers == [{"namespaceSelector": {"matchLabels": {REDIS_ACCESS_LABEL: "true"}}}]
                 assert rule_ports == {6379}
@@ -1026,8 +1031,9 @@ def test_service_monitor_scrapes_every_service(tree):
 
 
 def ingress_timeout_s() -> int:
-    (ing,) = [o for o in extras() if o["kind"] == "Ingress"]
-    return int(ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"])
+    # every Ingress example (gRPC, and the HTTP door's: extras/ingress-http.yaml)
+    return max(int(ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"])
+               for ing in extras() if ing["kind"] == "Ingress")
 
 
 @pytest.mark.parametrize("tree", GPU_TREES)

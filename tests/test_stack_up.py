@@ -127,13 +127,13 @@ def _up_cmd(data_dir: Path, ports: dict, *extra: str, as_json: bool = True) -> l
             "--data-dir", str(data_dir),
             "--port", str(ports["gateway"]), "--encoder-port", str(ports["encoder"]),
             "--denoiser-port", str(ports["denoiser"]), "--trainer-port", str(ports["trainer"]),
-            "--metrics-port", "0", *extra]
+            "--http-port", str(ports["http"]), "--metrics-port", "0", *extra]
 
 
 def _free_ports() -> dict:
     ports: dict = {}
-    while len(set(ports.values())) < 5:
-        ports = {name: free_port() for name in ("gateway", "encoder", "denoiser", "trainer", "redis")}
+    while len(set(ports.values())) < 6:
+        ports = {name: free_port() for name in ("gateway", "encoder", "denoiser", "trainer", "redis", "http")}
     return ports
 
 
@@ -324,6 +324,16 @@ def test_every_service_is_serving(stack, tiny_model_path):
     # Every process is a child of the supervisor, and the state file lists them.
     assert stack.pids <= _children(stack.proc.pid)
     assert json.loads((stack.data_dir / "stack.json").read_text())["gateway"] == info["gateway"]
+
+
+@pytest.mark.slow
+def test_the_gateway_answers_http_at_the_url_up_reports(stack):
+    import httpx
+
+    url = stack.info["http"]
+    assert url.startswith("http://127.0.0.1:")
+    assert httpx.get(url + "/readyz", timeout=30).json() == {"status": "ready"}
+    assert httpx.get(url + "/v1/adapters", timeout=30).status_code == 200
 
 
 @pytest.mark.slow

@@ -301,3 +301,45 @@ def test_a_worker_shutting_down_pauses_its_job_at_a_checkpoint_and_another_resum
     assert checkpoints[-1] == pause_step  # a checkpoint exactly where it stopped (not a multiple of 1000)
     after = [ev.training.step for ev in events[paused:] if ev.WhichOneof("payload") == "training"]
     assert after == list(range(pause_step + 1, 3001))
+
+
+# --- the HTTP door: the same jobs over REST and Server-Sent Events ------------------------------------------------
+
+def test_training_events_over_http_carry_the_loss_and_validation_images(trained, stack):
+    import httpx
+
+    from tests.http_helpers import sse_events
+
+    job, events = trained
+    with httpx.Client(base_url=stack.gateway.http_url, timeout=120) as http:
+        sse = sse_events(http, f"/v1/jobs/{job.id}/events")
+        assert http.get(f"/v1/jobs/{job.id}").json()["state"] == "SUCCEEDED"
+        listed = http.get("/v1/jobs", params={"kind": "training"}).json()["data"]
+        assert job.id in [j["id"] for j in listed]
+    losses = [e["loss"] for e in sse if e["kind"] == "loss"]
+    assert losses == pytest.approx(_losses(events)) and len(losses) == 60
+    validations = [e for e in sse if e["kind"] == "validation"]
+    assert validations and all(v["image"].startswith("data:image/png;base64,") for v in validations)
+    assert sse[-1]["kind"] == "state" and sse[-1]["job"]["adapter_name"] == "invert"
+
+
+def test_training_submitted_over_http_with_its_files_runs_and_cancels(stack):
+    import httpx
+
+    from tests.http_helpers import sse_events
+
+    folder = stack.data / "ds"
+    parts = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+    files = [("files", (p.name, p.read_bytes(), "application/octet-stream")) for p in parts]
+    paths = [("paths", f"mine/{p.relative_to(folder)}") for p in parts]
+    with httpx.Client(base_url=stack.gateway.http_url, timeout=120) as http:
+        r = http.post("/v1/trainings", data={"config": json.dumps(_config(output_dir="runs/http")),
+                                             "dataloader": json.dumps(_dataloader("mine")), "name": "http-lora"},
+                      files=[*files, *[("paths", (None, v)) for _, v in paths]])
+        assert r.status_code == 201, r.text
+        job = r.json()
+        assert (stack.data / "uploads" / "http-lora" / "mine" / "edits").is_dir()
+        first = sse_events(http, f"/v1/jobs/{job['id']}/events", timeout=300, until=lambda e: e["kind"] == "loss")
+        assert first[-1]["kind"] == "loss" and first[-1]["loss"] > 0
+        assert http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+        assert sse_events(http, f"/v1/jobs/{job['id']}/events", timeout=120)[-1]["state"] == "CANCELLED"

@@ -6,8 +6,10 @@ metadata, so a denoiser that sees the name can always load the whole file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from longcat.adapters.header import describe
 from longcat.adapters.store import ADAPTER_FILES, AdapterStorage
 from longcat.api.keys import Keys
 from longcat.api.names import validate_name
-from longcat.errors import AdapterNotFound, InvalidArgument
+from longcat.errors import AdapterNotFound, AlreadyExists, InvalidArgument
 
 
 @dataclass
@@ -51,6 +53,21 @@ class AdapterRegistry:
                            size_bytes=stored.size_bytes, created_at=time.time(), job_id=job_id, owner=owner)
         self.r.hset(self.key, name, json.dumps(asdict(info)))
         return info
+
+    @contextlib.contextmanager
+    def claim(self, name: str, ttl_s: int = 600):
+        """Hold ``name`` for one writer (an upload): a second upload of the same name meanwhile is refused."""
+        key, token = f"{self.key}:claim:{validate_name(name, 'name')}", uuid.uuid4().hex
+        if not self.r.set(key, token, nx=True, ex=ttl_s):
+            raise AlreadyExists(f"adapter {name!r} is being uploaded by another request", "name")
+        try:
+            yield
+        finally:
+            if self.r.get(key) == token.encode():
+                self.r.delete(key)
+
+    def exists(self, name: str) -> bool:
+        return self.store.exists(name)
 
     def get(self, name: str, field: str = "name") -> AdapterInfo:
         validate_name(name, field)

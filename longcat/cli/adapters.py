@@ -1,4 +1,4 @@
-"""``longcat adapters {list,show,delete}``: the adapter registry behind the gateway."""
+"""``longcat adapters {list,show,delete,download,upload}``: the adapter registry behind the gateway."""
 
 from __future__ import annotations
 
@@ -15,11 +15,19 @@ def _line(a) -> str:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("adapters", help="list, show or delete LoRA adapters")
+    p = sub.add_parser("adapters", help="list, show, delete, download or upload LoRA adapters")
     verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
     verbs.add_parser("list", help="every adapter, by name")
     for name in ("show", "delete"):
         verbs.add_parser(name, help=f"{name} one adapter").add_argument("name", help="the adapter's name")
+    d = verbs.add_parser("download", help="save an adapter as DIR/pytorch_lora_weights.safetensors (diffusers)")
+    d.add_argument("name", help="the adapter's name")
+    d.add_argument("--out", default=".", metavar="DIR", help="folder to write into (default: here)")
+    u = verbs.add_parser("upload", help="bring a LoRA in (diffusers or PEFT safetensors; a file or a folder)")
+    u.add_argument("name", help="the name to store it under")
+    u.add_argument("path", help="a .safetensors file, or a folder with pytorch_lora_weights.safetensors or "
+                                "adapter_model.safetensors (+ adapter_config.json)")
+    u.add_argument("--overwrite", action="store_true", help="replace an adapter of this name (yours)")
     for v in verbs.choices.values():
         add_gateway_args(v)
     p.set_defaults(func=run)
@@ -29,6 +37,14 @@ def run(args) -> int:
     with client(args) as lc:
         if args.verb == "list":
             emit_list(lc.list_adapters(), args, _line, "no adapters")
+            return 0
+        if args.verb == "download":
+            a, path = lc.download_adapter(args.name, args.out)
+            print(json.dumps({**as_dict(a), "path": str(path)}) if args.json else f"saved {a.name} to {path}")
+            return 0
+        if args.verb == "upload":
+            a = lc.upload_adapter(args.name, args.path, overwrite=args.overwrite)
+            print(json.dumps(as_dict(a)) if args.json else "uploaded " + _line(a))
             return 0
         a = lc.get_adapter(args.name) if args.verb == "show" else lc.delete_adapter(args.name)
         print(json.dumps(as_dict(a)) if args.json else ("deleted " if args.verb == "delete" else "") + _line(a))

@@ -31,6 +31,9 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="the gateway's listen address (default 127.0.0.1; 0.0.0.0 to serve other machines). "
                         "The other services always listen on 127.0.0.1")
+    p.add_argument("--http-port", type=int, default=8080,
+                   help="the gateway's HTTP port: OpenAI-compatible /v1/images/edits, REST jobs, docs at /docs "
+                        "(default 8080; 0 = HTTP off)")
     p.add_argument("--encoder-port", type=int, default=DEFAULT_PORTS["encoder"],
                    help=f"default {DEFAULT_PORTS['encoder']}")
     p.add_argument("--denoiser-port", type=int, default=DEFAULT_PORTS["denoiser"],
@@ -94,7 +97,8 @@ def options(args):
             raise InvalidArgument(f"{item!r} is not SERVICE:FLAG with SERVICE one of encoder, denoiser, trainer, "
                                   f"gateway", "service_arg")
         extra.setdefault(kind, []).append(flag)
-    return StackOptions(model=args.model, port=args.port, host=args.host, encoder_port=args.encoder_port,
+    return StackOptions(model=args.model, port=args.port, http_port=args.http_port, host=args.host,
+                        encoder_port=args.encoder_port,
                         denoiser_port=args.denoiser_port, trainer_port=args.trainer_port,
                         metrics_port=args.metrics_port, redis_url=args.redis_url, workers=args.workers,
                         trainer=args.trainer, data_dir=args.data_dir, adapter_dir=args.adapter_dir,
@@ -185,6 +189,7 @@ def run(args) -> int:
                 redis = {**info["redis"], "url": redact_url(info["redis"]["url"])}
                 print(f"LongCat stack up in {time.monotonic() - printer.t0:.0f}s: gateway {info['gateway']}\n"
                       f"  export LONGCAT_GATEWAY={info['gateway']}\n"
+                      + (f"  http {info['http']}   (API docs {info['http']}/docs)\n" if info.get("http") else "") +
                       f"  redis {redis['url']} ({'private, pid %s' % redis['pid'] if redis['owned'] else 'private: primary, replica, 3 Sentinels' if info.get('redis_ha') else 'existing'})"
                       f", model {info['model']}\n"
                       f"  logs {stack.plan.logs_dir}   (Ctrl-C stops everything)", flush=True)

@@ -14,6 +14,7 @@ _BY_CODE = {
     "RESOURCE_EXHAUSTED": errors.ResourceExhausted,
     "UNAUTHENTICATED": errors.Unauthenticated,
     "DEADLINE_EXCEEDED": errors.DeadlineExceeded,
+    "ALREADY_EXISTS": errors.AlreadyExists,
 }
 
 

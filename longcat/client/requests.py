@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from longcat.v1 import common_pb2, edit_pb2, training_pb2
+from longcat.v1 import adapters_pb2, common_pb2, edit_pb2, training_pb2
 
 CHUNK = 1 << 20
 
@@ -89,3 +89,59 @@ def iter_terminal(events: Iterable[edit_pb2.JobEvent]):
         yield ev
         if ev.HasField("job") and ev.job.state in (edit_pb2.SUCCEEDED, edit_pb2.FAILED, edit_pb2.CANCELLED):
             return
+
+
+ADAPTER_CHUNK = 1 << 20
+
+
+def lora_upload_files(path: Path) -> tuple[Path, Path | None]:
+    """A LoRA file or folder -> (its .safetensors weights, its PEFT adapter_config.json or None)."""
+    from longcat.api.names import DIFFUSERS_WEIGHTS, PEFT_CONFIG, PEFT_WEIGHTS
+    from longcat.errors import InvalidArgument, NotFound
+
+    if path.is_dir():
+        weights = next((path / n for n in (DIFFUSERS_WEIGHTS, PEFT_WEIGHTS) if (path / n).is_file()), None)
+        if weights is None:
+            raise NotFound(f"{str(path)!r} holds neither {DIFFUSERS_WEIGHTS} nor {PEFT_WEIGHTS}", "path")
+    elif path.is_file():
+        if path.suffix != ".safetensors":
+            raise InvalidArgument(f"{str(path)!r} is not a .safetensors file", "path")
+        weights = path
+    else:
+        raise NotFound(f"no LoRA file or folder at {str(path)!r}", "path")
+    config = weights.parent / PEFT_CONFIG
+    return weights, (config if config.is_file() and weights.name != DIFFUSERS_WEIGHTS else None)
+
+
+def adapter_upload_messages(name: str, path: Path, overwrite: bool = False
+                            ) -> Iterator[adapters_pb2.UploadAdapterRequest]:
+    """The UploadAdapter stream: the metadata first, then the weights in chunks."""
+    weights, config = lora_upload_files(path)
+    meta = adapters_pb2.UploadAdapterMetadata(name=name, overwrite=overwrite, filename=weights.name,
+                                              peft_config=config.read_text() if config else "")
+    yield adapters_pb2.UploadAdapterRequest(metadata=meta)
+    with weights.open("rb") as f:
+        while data := f.read(ADAPTER_CHUNK):
+            yield adapters_pb2.UploadAdapterRequest(data=data)
+
+
+def save_adapter_chunks(chunks: Iterable[adapters_pb2.AdapterChunk], out_dir: Path):
+    """Write a DownloadAdapter stream to ``out_dir/<filename>`` (atomically; the size checked)."""
+    from longcat.errors import Unavailable
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    adapter, target, total, size = None, None, 0, 0
+    tmp = out_dir / f".download-{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with tmp.open("wb") as f:
+            for chunk in chunks:
+                if adapter is None:
+                    adapter, target, total = chunk.adapter, out_dir / Path(chunk.filename).name, chunk.total_bytes
+                f.write(chunk.data)
+                size += len(chunk.data)
+        if adapter is None or size != total:
+            raise Unavailable(f"the download ended after {size} of {total} bytes; retry")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return adapter, target

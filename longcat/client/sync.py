@@ -209,6 +209,23 @@ class LongCatClient:
     def delete_adapter(self, name: str) -> adapters_pb2.Adapter:
         return self._call(self.adapters.DeleteAdapter, adapters_pb2.DeleteAdapterRequest(name=name))
 
+    def download_adapter(self, name: str, out_dir: str | Path) -> tuple[adapters_pb2.Adapter, Path]:
+        """Save adapter ``name`` as ``out_dir/pytorch_lora_weights.safetensors`` (diffusers format)."""
+        try:
+            return rq.save_adapter_chunks(self.adapters.DownloadAdapter(
+                adapters_pb2.DownloadAdapterRequest(name=name), timeout=self.timeout, metadata=self.metadata),
+                Path(out_dir))
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
+    def upload_adapter(self, name: str, path: str | Path, overwrite: bool = False) -> adapters_pb2.Adapter:
+        """Bring a LoRA in as ``name``: a .safetensors file, or a folder with a diffusers or PEFT LoRA."""
+        try:
+            return self.adapters.UploadAdapter(rq.adapter_upload_messages(name, Path(path), overwrite),
+                                               timeout=self.timeout, metadata=self.metadata)
+        except grpc.RpcError as err:
+            raise from_rpc_error(err) from None
+
 
 def _job_error(job: edit_pb2.Job):
     from longcat import errors

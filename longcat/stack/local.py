@@ -167,6 +167,7 @@ class LocalStack:
         redis_child = children.get("redis")
         return {
             "gateway": plan.gateway.address,
+            "http": plan.http_url,
             "pid": os.getpid(),
             "model": self.model_path,
             "data_dir": str(plan.data_dir),

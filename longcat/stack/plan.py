@@ -53,6 +53,7 @@ def default_data_dir() -> Path:
 class StackOptions:
     model: str = "tiny"
     port: int = DEFAULT_PORTS["gateway"]
+    http_port: int = 8080                         # the gateway's HTTP door (0 = off)
     host: str = "127.0.0.1"                       # the gateway's listen address (0.0.0.0: reachable from outside)
     encoder_port: int = DEFAULT_PORTS["encoder"]
     denoiser_port: int = DEFAULT_PORTS["denoiser"]
@@ -123,6 +124,14 @@ class StackPlan:
     services: list[ServiceSpec]   # start order: encoder, denoisers, trainer, gateway
 
     @property
+    def http_url(self) -> str | None:
+        """Where the gateway's HTTP door answers (None: --http-port 0)."""
+        if not self.options.http_port:
+            return None
+        host = "127.0.0.1" if self.gateway.host in ("0.0.0.0", "::", "") else self.gateway.host
+        return f"http://{host}:{self.options.http_port}"
+
+    @property
     def gateway(self) -> ServiceSpec:
         return next(s for s in self.services if s.kind == "gateway")
 
@@ -136,6 +145,9 @@ class StackPlan:
             flag = {"gateway": "--port", "encoder": "--encoder-port", "denoiser": "--denoiser-port",
                     "trainer": "--trainer-port"}[s.kind]
             uses.append(PortUse(s.host, s.port, f"{s.name} gRPC", f"pick another with {flag}"))
+            if s.kind == "gateway" and self.options.http_port:
+                uses.append(PortUse(s.host, self.options.http_port, "gateway HTTP",
+                                    "pick another with --http-port, or --http-port 0 (HTTP off)"))
             if s.metrics_port:
                 uses.append(PortUse("0.0.0.0", s.metrics_port, f"{s.name} metrics",
                                     "pick another base with --metrics-port, or --metrics-port 0 (metrics off)"))
@@ -224,7 +236,8 @@ def make_plan(opts: StackOptions, model_path: str | None = None) -> StackPlan:
     if opts.trainer:
         services.append(spec("trainer", "trainer", opts.trainer_port, m["trainer"],
                              [*model_args, *common, *roots, "--encoder", encoder_addr], TIER_WORKERS))
-    gateway_args = [*common, *roots, "--model", model]   # the gateway loads the tokenizer only
+    gateway_args = [*common, *roots, "--model", model,   # the gateway loads the tokenizer only
+                    "--http-port", str(opts.http_port)]
     if opts.api_keys_file:
         gateway_args += ["--api-keys-file", str(_abs(opts.api_keys_file, Path()))]
     services.append(spec("gateway", "gateway", opts.port, m["gateway"], gateway_args, TIER_GATEWAY, host=opts.host))

@@ -61,11 +61,22 @@ class ApiKeys:
 
     def owner(self, context) -> str:
         """The gRPC door: the ``authorization`` metadata of the call."""
-        header = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                header = value
-        return self.owner_for(header)
+        return self.owner_for(_authorization(context))
 
     def caller(self, context) -> Caller:
-        return Caller(self.owner(context), authenticated=self.enabled)
+        header = _authorization(context)
+        return self.caller_for(header)
+
+    def caller_for(self, authorization: str) -> Caller:
+        """Any door: the ``authorization`` header value -> the :class:`Caller` (401 when keys are on and it is
+        missing or wrong)."""
+        key = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+        return Caller(self.owner_for(authorization), authenticated=self.enabled, key=key if self.enabled else "")
+
+
+def _authorization(context) -> str:
+    header = ""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            header = value
+    return header

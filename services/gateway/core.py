@@ -10,20 +10,24 @@ and an HTTP door maps JSON to them with protobuf's own json_format.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tarfile
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
+from longcat import errors
+from longcat.adapters import check as lora_check
+from longcat.adapters.check import ModelShapes, check_lora, diffusers_header_bytes, parse_peft_config
 from longcat.adapters.registry import AdapterInfo, AdapterRegistry
 from longcat.api.datasets import validate_datasets
 from longcat.api.edit import Limits, validate_request
 from longcat.api.edit_proto import priority_of, request_from_proto
-from longcat.api.names import validate_name
+from longcat.api.names import DIFFUSERS_WEIGHTS, PEFT_CONFIG, PEFT_WEIGHTS, validate_name
 from longcat.api.prompts import check_prompt_length
 from longcat.api.training import Roots, TrainingSubmission
 from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound, Unavailable
@@ -43,6 +47,7 @@ class Caller:
 
     owner: str
     authenticated: bool = False  # API keys on: ownership is enforced (adapters, per-owner areas)
+    key: str = field(default="", repr=False)  # the caller's API key ('' with keys off): signs its webhooks
 
 
 class JobFailed(LongCatError):
@@ -60,18 +65,21 @@ class GatewayConfig:
     max_training_queue: int = 100
     retry_after_s: float = 2.0      # hint sent with RESOURCE_EXHAUSTED
     max_upload_bytes: int = 4096 << 20
+    max_adapter_bytes: int = 2048 << 20   # largest uploaded LoRA file
 
 
 class GatewayCore:
     def __init__(self, store: JobStore, config: GatewayConfig, roots: Roots | None = None,
                  dispatch: Callable[[str], None] | None = None, registry: AdapterRegistry | None = None,
-                 tokenizer=None):
+                 tokenizer=None, model_shapes: ModelShapes | None = None, webhooks=None):
         self.store = store
         self.config = config
         self.roots = roots
         self.dispatch = dispatch    # job_id -> hands a training job to the trainers (Celery)
         self.registry = registry
         self.tokenizer = tokenizer  # counts prompt tokens (api.prompts.PromptTokenizer); None = not checked
+        self.model_shapes = model_shapes  # the served transformer's linear layers; None = uploads refused
+        self.webhooks = webhooks    # webhooks.Webhooks: callback_url delivery; None = callback URLs refused
 
     # ---- jobs of either kind: visible only to their owner (others get NOT_FOUND: existence is not leaked) ----
 
@@ -97,12 +105,28 @@ class GatewayCore:
             self.store.cancel(job_id, kind or "edit")
             return self.store.to_proto(self.store.get(job_id))
 
-    def list_jobs(self, caller: Caller, kind: int = 0, state: int = 0, limit: int = 0) -> list[edit_pb2.Job]:
+    def list_jobs(self, caller: Caller, kind: int = 0, state: int = 0, limit: int = 0,
+                  before: float = 0.0) -> list[edit_pb2.Job]:
+        """Newest first; ``before`` (a created_at): only older jobs, the next page."""
         limit = limit if 0 < limit <= 1000 else 100
         state_name = "" if state == edit_pb2.JOB_STATE_UNSPECIFIED else edit_pb2.JobState.Name(state)
         with redis_unavailable_as_error():
-            views = self.store.list(caller.owner, KINDS.get(kind, ""), state_name, limit)
+            views = self.store.list(caller.owner, KINDS.get(kind, ""), state_name, 1000 if before else limit)
+            views = [v for v in views if not before or v.created_at < before][:limit]
             return [self.store.to_proto(v) for v in views]
+
+    # ---- webhooks: checked before anything is queued, followed once the job exists ----
+
+    def _check_callback(self, url: str) -> None:
+        if not url:
+            return
+        if self.webhooks is None:
+            raise InvalidArgument("this gateway calls no webhooks", "callback_url")
+        self.webhooks.check(url, "callback_url")
+
+    def _follow_callback(self, caller: Caller, job_id: str, url: str, progress: bool, created: bool) -> None:
+        if url and created:
+            self.webhooks.follow(job_id, url, caller.key, progress)
 
     # ---- edits ----
 
@@ -110,6 +134,7 @@ class GatewayCore:
         """Validate (the engine's own rules), resolve the seed, queue. ``deadline``: epoch seconds, 0 = none."""
         req = validate_request(request_from_proto(request), self.config.limits)
         priority = priority_of(request)  # routed to that priority's stream
+        self._check_callback(request.callback_url)
         if self.tokenizer is not None:
             check_prompt_length(self.tokenizer, req.prompt, "prompt", request.truncate_prompt)
             check_prompt_length(self.tokenizer, req.negative_prompt, "negative_prompt", request.truncate_prompt)
@@ -119,14 +144,15 @@ class GatewayCore:
         msg.seed = req.seed
         with redis_unavailable_as_error():
             try:
-                job_id, _, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(), request.request_id,
-                                                 deadline, self.config.max_queue,
-                                                 fields={"total_steps": req.num_inference_steps,
-                                                         "priority": priority}, priority=priority)
+                job_id, created, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(),
+                                                       request.request_id, deadline, self.config.max_queue,
+                                                       fields={"total_steps": req.num_inference_steps,
+                                                               "priority": priority}, priority=priority)
             except LongCatError as exc:
                 if exc.code == "RESOURCE_EXHAUSTED":
                     exc.trailers = {"retry-after-ms": int(self.config.retry_after_s * 1000)}
                 raise
+            self._follow_callback(caller, job_id, request.callback_url, request.callback_progress, created)
             return self.store.to_proto(self.store.get(job_id))
 
     def edit(self, caller: Caller, request: edit_pb2.EditRequest, deadline: float,
@@ -160,6 +186,7 @@ class GatewayCore:
         submission = TrainingSubmission.from_request(request, self.roots, caller.owner)
         # Every dataset problem at once (names paired both ways, captions, decodable images, separate caches).
         validate_datasets(submission.dataloader, submission.config.use_reference_captions, tokenizer=self.tokenizer)
+        self._check_callback(request.callback_url)
         with redis_unavailable_as_error():
             try:
                 job_id, created, _ = self.store.submit(
@@ -173,6 +200,7 @@ class GatewayCore:
                 raise
             if created:
                 self.dispatch(job_id)
+            self._follow_callback(caller, job_id, request.callback_url, request.callback_progress, created)
             return self.store.to_proto(self.store.get(job_id))
 
     def upload_dataset(self, caller: Caller,
@@ -208,6 +236,83 @@ class GatewayCore:
     def delete_adapter(self, caller: Caller, name: str) -> adapters_pb2.Adapter:
         with redis_unavailable_as_error():
             return adapter_to_proto(self.registry.delete(name, caller.owner if caller.authenticated else None))
+
+    def upload_adapter(self, caller: Caller, name: str, chunks: Iterable[bytes], overwrite: bool = False,
+                       peft_config: str = "") -> adapters_pb2.Adapter:
+        """A LoRA file (diffusers or PEFT safetensors) streamed in ``chunks`` -> checked against the served
+        model from its header, then published as ``name``. Nothing is stored when any check fails."""
+        name = validate_name(name, "name")
+        if self.model_shapes is None:
+            raise errors.FailedPrecondition("this gateway cannot check adapters against the model: start it with "
+                                            "--model (a local model folder or tiny)")
+        config = parse_peft_config(peft_config or "", "peft_config")
+        with redis_unavailable_as_error(), self.registry.claim(name):
+            self._may_write(caller, name, overwrite)
+            limit = self.config.max_adapter_bytes
+            with tempfile.TemporaryDirectory(prefix="adapter-upload-") as tmp:
+                staged, size = Path(tmp) / "upload.safetensors", 0
+                with staged.open("wb") as out:
+                    for data in chunks:
+                        size += len(data)
+                        if size > limit:
+                            raise errors.TooLarge(f"the adapter is over the {limit >> 20} MiB limit", "file")
+                        out.write(data)
+                lora = check_lora(lora_check.read_header_file(staged, "file"), self.model_shapes, config, "file")
+                staged.rename(Path(tmp) / (PEFT_WEIGHTS if lora.format == "peft" else DIFFUSERS_WEIGHTS))
+                if lora.format == "peft" and config is not None:
+                    (Path(tmp) / PEFT_CONFIG).write_text(peft_config)
+                self._may_write(caller, name, overwrite)  # a training job may have published it meanwhile
+                return adapter_to_proto(self.registry.publish(name, tmp, owner=caller.owner))
+
+    def _may_write(self, caller: Caller, name: str, overwrite: bool) -> None:
+        if not self.registry.exists(name):
+            return
+        if not overwrite:
+            raise errors.AlreadyExists(f"adapter {name!r} already exists (set overwrite to replace it)", "name")
+        owner = self.registry.get(name).owner
+        if caller.authenticated and owner and owner != caller.owner:
+            raise errors.AlreadyExists(f"adapter {name!r} already exists and belongs to another caller", "name")
+
+    def download_adapter(self, caller: Caller, name: str) -> "AdapterDownload":
+        """The adapter as one diffusers-format safetensors file (a PEFT file's header is rewritten to
+        diffusers keys; its tensor bytes are streamed unchanged)."""
+        with redis_unavailable_as_error():
+            info = self.registry.get(name, "name")
+        files = self.registry.store.get(name, "name").files
+        weights = DIFFUSERS_WEIGHTS if DIFFUSERS_WEIGHTS in files else PEFT_WEIGHTS
+        f = self.registry.store.open(name, weights)
+        try:
+            size = os.fstat(f.fileno()).st_size
+            header = lora_check.read_header(f, size, "name")
+            if weights == DIFFUSERS_WEIGHTS:
+                head, start = b"", 0
+            else:
+                config = None
+                if PEFT_CONFIG in files:
+                    with self.registry.store.open(name, PEFT_CONFIG) as c:
+                        config = parse_peft_config(c.read().decode(errors="replace"), "name")
+                head, start = diffusers_header_bytes(header, config), header.data_start
+        except BaseException:
+            f.close()
+            raise
+        return AdapterDownload(adapter_to_proto(info), DIFFUSERS_WEIGHTS, len(head) + size - start, head, f, start)
+
+
+@dataclass
+class AdapterDownload:
+    adapter: adapters_pb2.Adapter
+    filename: str
+    total_bytes: int
+    head: bytes        # a rewritten header, when converting; b"" for a file sent as stored
+    file: BinaryIO
+    start: int         # where in ``file`` the bytes after ``head`` begin
+
+    def chunks(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        with self.file:
+            if self.head:
+                yield self.head
+            yield from lora_check.iter_file(self.file, self.start, chunk_size)
+
 
 
 def adapter_to_proto(info: AdapterInfo) -> adapters_pb2.Adapter:

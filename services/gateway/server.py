@@ -9,12 +9,14 @@ from dataclasses import dataclass
 
 from grpc_health.v1 import health_pb2
 
+from longcat.adapters.check import ModelShapes
 from longcat.adapters.registry import AdapterRegistry
 from longcat.adapters.store import AdapterStore
 from longcat.api.edit import Limits
 from longcat.api.keys import Keys
 from longcat.api.prompts import load_prompt_tokenizer
 from longcat.api.training import Roots
+from longcat.errors import LongCatError
 from longcat.jobs.connection import REDIS_ERRORS, connect
 from longcat.jobs.store import JobStore
 from longcat.logs import setup_logging
@@ -26,6 +28,7 @@ from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc, training_pb2_grpc
 from services.gateway import adapters, edit, training
 from services.gateway.auth import ApiKeys
 from services.gateway.core import GatewayConfig, GatewayCore
+from services.gateway.webhooks import Webhooks
 
 log = logging.getLogger("longcat.gateway")
 
@@ -65,6 +68,12 @@ def build_parser(parser=None):
                    help="datasets (and their caches) of training jobs must lie inside (shared with trainers)")
     p.add_argument("--output-root", default="~/.cache/longcat/outputs", help="training outputs must lie inside")
     p.add_argument("--max-upload-mb", type=int, default=4096, help="largest UploadDataset archive, MiB")
+    p.add_argument("--max-adapter-mb", type=int, default=2048, help="largest uploaded LoRA file, MiB")
+    p.add_argument("--http-port", type=int, default=8080,
+                   help="HTTP port (OpenAI-compatible /v1/images/edits, REST jobs, /docs) on --host; 0 = off")
+    p.add_argument("--callback-hosts", default="",
+                   help="webhook allow-list: hosts (or host:port) callback_url may name, comma-separated; "
+                        "empty = callback URLs refused")
     return p
 
 
@@ -86,6 +95,9 @@ class GatewaySettings(ServerSettings):
     data_root: str
     output_root: str
     max_upload_mb: int
+    max_adapter_mb: int
+    http_port: int
+    callback_hosts: str
 
 
 def monitor_redis(client, server: GrpcServer, stop: threading.Event, period_s: float = 2.0) -> None:
@@ -136,6 +148,14 @@ def serve(args: GatewaySettings) -> None:
     auth = ApiKeys.load(args.api_keys_file or None)
     # The model's tokenizer.json through `tokenizers` (no transformers, no torch): the same ids as the encoder.
     tokenizer = load_prompt_tokenizer(args.model) if args.model else None
+    # The transformer's linear layers from its safetensors headers: uploaded LoRAs are checked against them.
+    shapes = None
+    if args.model:
+        try:
+            shapes = ModelShapes.from_model(args.model)
+        except LongCatError as exc:  # a hub id, say: serve anyway, refuse uploads with a clear message
+            log.warning("adapter uploads are off: no local transformer weights to check them against",
+                        extra={"model": args.model, "error": str(exc)})
     limits = Limits(max_pixels=args.max_pixels, max_steps=args.max_steps)
     registry = AdapterRegistry(client, AdapterStore(os.path.expanduser(args.adapter_dir)), keys)
 
@@ -143,19 +163,51 @@ def serve(args: GatewaySettings) -> None:
     dispatch = training_dispatch(args.redis_url)
 
     core = GatewayCore(store, GatewayConfig(limits, max_queue=args.max_queue,
-                                            max_upload_bytes=args.max_upload_mb * 1024 * 1024),
-                       roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer)
+                                            max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+                                            max_adapter_bytes=args.max_adapter_mb * 1024 * 1024),
+                       roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer, model_shapes=shapes,
+                       webhooks=Webhooks.from_flag(store, args.callback_hosts))
     server = GrpcServer([edit.SERVICE, training.SERVICE, adapters.SERVICE], args.host, args.port,
                         args.max_message_mb, args.threads)
     edit_pb2_grpc.add_EditServiceServicer_to_server(edit.EditServicer(core, auth), server.server)
     training_pb2_grpc.add_TrainingServiceServicer_to_server(training.TrainingServicer(core, auth), server.server)
     adapters_pb2_grpc.add_AdapterServiceServicer_to_server(adapters.AdapterServicer(core, auth), server.server)
     stop = threading.Event()
-    server.install_signal_handlers(args.grace_s, on_stop=stop.set)
+    doors = {}
+
+    def on_stop() -> None:  # SIGTERM: both doors stop taking work and drain (readiness turns false at once)
+        stop.set()
+        if doors.get("http") is not None:
+            doors["http"].begin_stop()
+
+    server.install_signal_handlers(args.grace_s, on_stop=on_stop)
     server.start()
-    log.info("gateway up", extra={"auth": "on" if auth.enabled else "off", "redis": redact_url(args.redis_url)})
+    http = doors["http"] = start_http(core, auth, client, args, stop)
+    log.info("gateway up", extra={"auth": "on" if auth.enabled else "off", "redis": redact_url(args.redis_url),
+                                  "http_port": args.http_port})
     threading.Thread(target=monitor_redis, args=(client, server, stop), daemon=True).start()
     server.wait()
+    if http is not None:
+        http.stop()
+
+
+def start_http(core: GatewayCore, auth: ApiKeys, client, args: GatewaySettings, stopping: threading.Event):
+    """The HTTP door on ``--http-port`` (0: none), over the same core as the gRPC servicers."""
+    if not args.http_port:
+        return None
+    from services.gateway.http.app import create_app
+    from services.gateway.http.server import HttpServer
+
+    def ready() -> bool:
+        if stopping.is_set():
+            return False
+        try:
+            return bool(client.ping())
+        except REDIS_ERRORS:
+            return False
+
+    app = create_app(core, auth, ready=ready, max_request_bytes=args.max_message_mb << 20)
+    return HttpServer(app, args.host, args.http_port, threads=args.threads, grace_s=args.grace_s).start()
 
 
 def main(argv=None) -> None:
