@@ -45,7 +45,7 @@ def test_a_lost_consumer_group_is_created_again(redis_server):
     job_id, _, _ = store.submit("edit", "o", b"req")
     store.r.xgroup_destroy(store.k.edit_stream, EDIT_GROUP)
     assert store.read_new("w1", 10) == []          # NOGROUP -> the group is back
-    assert [j for _, j in store.read_new("w1", 10)] == [job_id]
+    assert [j for _, _, j in store.read_new("w1", 10)] == [job_id]
     store.r.xgroup_destroy(store.k.edit_stream, EDIT_GROUP)
     store.heartbeat("w1", "0-1")                   # no exception: re-created
     store.r.xgroup_destroy(store.k.edit_stream, EDIT_GROUP)
