@@ -147,10 +147,15 @@ def run_training_job(ctx: TrainerContext, job_id: str) -> str:
         return "retry"
     finally:
         ctx.running.pop(job_id, None)
-        view = ctx.store.get(job_id)
-        if view is None or view.terminal:
-            ctx.store.unmark_active(job_id)
+        # The lease first: a Redis error in the lines below (a failover in progress) must not leave this
+        # attempt's lease renewing forever, which would hide the job from the reaper for good.
         lease.release()
+        try:
+            view = ctx.store.get(job_id)
+            if view is None or view.terminal:
+                ctx.store.unmark_active(job_id)
+        except REDIS_ERRORS:
+            pass  # the reaper unmarks a finished job itself, and dispatches an unfinished one again
         request_id.reset(rid)
 
 
