@@ -27,6 +27,7 @@ from longcat.conditioning import (
     text_position_ids,
     unpack_latents,
 )
+from longcat.engine.batch_invariance import batch_invariant, wanted
 from longcat.engine.caching import EXACT, branch_context, step_cache
 from longcat.engine.levers import execution_device
 from longcat.errors import Cancelled
@@ -103,7 +104,9 @@ class DenoiseLoop:
     def run(self, job: DenoiseJob, on_step: StepCallback | None = None, cancel: threading.Event | None = None,
             preview_every: int = 0, preview_max_side: int = 128) -> torch.Tensor:
         """Denoise from seeded noise to packed latents; raises :class:`Cancelled` between steps when asked."""
-        with self.lock, step_cache(self.transformer, job.speed_preset, job.steps):
+        # Batch-invariant linears, as the step scheduler's: a job alone gives what it gives in any batch.
+        with self.lock, step_cache(self.transformer, job.speed_preset, job.steps), \
+                batch_invariant(wanted(self.device)):
             if self.parallel is not None and self.parallel.is_leader:
                 self.parallel.share_job(job)  # the followers run the same job in lockstep
             return self._run(job, on_step, cancel, preview_every, preview_max_side)

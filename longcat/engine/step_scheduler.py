@@ -23,6 +23,7 @@ import torch
 
 from longcat.adapters.mixed import per_row_adapters
 from longcat.conditioning import image_position_ids, predict_velocity, set_inference_timesteps, text_position_ids
+from longcat.engine.batch_invariance import batch_invariant, wanted
 from longcat.engine.denoise import DenoiseJob, DenoiseLoop, StepEvent
 from longcat.errors import Cancelled, DeadlineExceeded
 
@@ -212,7 +213,7 @@ class StepScheduler:
             sigmas.append(sj._sigma.expand(rows))
             row_adapters += [sj._rows] * rows
         lock = self.adapters.batch_lock() if self.adapters is not None else _nullcontext()
-        with lock, loop.lock, per_row_adapters(loop.transformer, row_adapters):
+        with lock, loop.lock, per_row_adapters(loop.transformer, row_adapters), batch_invariant(wanted(device)):
             v_all = predict_velocity(loop.transformer, torch.cat(latents), torch.cat(reference), torch.cat(embeds),
                                      text_ids, image_ids, torch.cat(sigmas))
         at = 0
