@@ -166,14 +166,29 @@ def main() -> None:
     finally:
         redis_proc.stop()
     one, sched = results["one_at_a_time"], results["step_scheduler"]
-    print(json.dumps({
+    ratios = {
         "throughput_speedup": one["throughput_wall_s"] / sched["throughput_wall_s"],
         "priority_ratio_fifo": one["priority_latency_s"] / one["priority_solo_s"],
         "priority_ratio_scheduler": sched["priority_latency_s"] / sched["priority_solo_s"],
         "tenant_ratio_fifo": one["tenant_median_s"] / one["tenant_solo_s"],
         "tenant_ratio_scheduler": sched["tenant_median_s"] / sched["tenant_solo_s"],
-    }, indent=1))
+    }
+    print(json.dumps(ratios, indent=1))
+    print_goals(ratios)
 
+
+def print_goals(r: dict) -> None:
+    """Issue 13's three goals, each with its measured ratio and the FIFO baseline beside it."""
+    goals = [
+        ("throughput, 8 concurrent edits, mixed adapters: batched vs one at a time", r["throughput_speedup"],
+         ">= 1.5x", r["throughput_speedup"] >= 1.5, "speed-up"),
+        ("a HIGH edit behind 20 queued NORMAL: latency / solo", r["priority_ratio_scheduler"], "<= 1.5x",
+         r["priority_ratio_scheduler"] <= 1.5, f"FIFO {r['priority_ratio_fifo']:.2f}x"),
+        ("tenant B while tenant A floods: B's median / solo", r["tenant_ratio_scheduler"], "<= 2x",
+         r["tenant_ratio_scheduler"] <= 2.0, f"FIFO {r['tenant_ratio_fifo']:.2f}x"),
+    ]
+    for what, value, goal, met, note in goals:
+        print(f"GOAL {what}: {value:.2f}x (goal {goal}: {'met' if met else 'NOT met'}; {note})")
 
 if __name__ == "__main__":
     main()

@@ -72,6 +72,7 @@ class DenoiseLoop:
         self.scheduler = scheduler
         self.cfg_batch = cfg_batch  # CFG as one batch-2 forward (faster; twice the activation memory)
         self.parallel = None  # a longcat.engine.parallel.Parallel when this loop spans several devices
+        self.batch_invariant = True  # longcat.engine.batch_invariance, where it holds (CPU); False: bench baseline
         self.lock = threading.RLock()
 
     @property
@@ -106,7 +107,7 @@ class DenoiseLoop:
         """Denoise from seeded noise to packed latents; raises :class:`Cancelled` between steps when asked."""
         # Batch-invariant linears, as the step scheduler's: a job alone gives what it gives in any batch.
         with self.lock, step_cache(self.transformer, job.speed_preset, job.steps), \
-                batch_invariant(wanted(self.device)):
+                batch_invariant(self.batch_invariant and wanted(self.device)):
             if self.parallel is not None and self.parallel.is_leader:
                 self.parallel.share_job(job)  # the followers run the same job in lockstep
             return self._run(job, on_step, cancel, preview_every, preview_max_side)

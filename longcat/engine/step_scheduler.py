@@ -5,8 +5,15 @@ pause, their latents kept), tenants are taken round-robin within it, and the bat
 priority sharing the first one's token layout (same latent/reference geometry and text length: the
 transformer's position ids are shared by the batch, and it has no attention mask, so nothing is padded),
 up to ``max_batch_tokens``. Each job keeps its own diffusers scheduler, sigma, step count, guidance, CFG
-rows, adapters and scales; the math per row is :class:`DenoiseLoop`'s, so a job gives the same latents
-batched as alone (tests/test_step_scheduler.py).
+rows, adapters and scales; the math per row is :class:`DenoiseLoop`'s.
+
+Batched = alone, and what that covers: in fp32 on CPU (torch's MKL GEMMs, any thread count), a job gives
+bit for bit the latents and PNG it gives alone, in any batch, with any batchmates, joining at any step
+(tests/test_step_scheduler.py). Both this forward and :class:`DenoiseLoop` run under
+:func:`longcat.engine.batch_invariance.batch_invariant`, which keeps every linear on the GEMM path whose
+rows do not depend on the row count. On GPU the mode is off and nothing is promised beyond closeness:
+cuBLAS chooses algorithms and split-K by problem size, and flash/memory-efficient attention kernels are not
+batch-invariant in general, so a batched job may differ from its solo run in the last bits (bf16: more).
 """
 
 from __future__ import annotations
@@ -213,7 +220,8 @@ class StepScheduler:
             sigmas.append(sj._sigma.expand(rows))
             row_adapters += [sj._rows] * rows
         lock = self.adapters.batch_lock() if self.adapters is not None else _nullcontext()
-        with lock, loop.lock, per_row_adapters(loop.transformer, row_adapters), batch_invariant(wanted(device)):
+        invariant = batch_invariant(loop.batch_invariant and wanted(device))  # a row's result never sees its batch
+        with lock, loop.lock, per_row_adapters(loop.transformer, row_adapters), invariant:
             v_all = predict_velocity(loop.transformer, torch.cat(latents), torch.cat(reference), torch.cat(embeds),
                                      text_ids, image_ids, torch.cat(sigmas))
         at = 0
