@@ -58,13 +58,19 @@ def test_a_worker_killed_mid_batch_leaves_every_job_finished_exactly_once(stack)
     victim.proc.wait(30)
     stack.ensure_workers(1)
 
+    images = []
     for j, w in zip(jobs, watchers):
         events = w.result(300)
         (final,) = terminal_events(events)  # exactly ONE terminal event each, and it is SUCCEEDED
         assert final.job.state == edit_pb2.SUCCEEDED and final.job.attempts == 2, final.job
         assert png_size(final.job.result.image) == (256, 256)
         assert progress_steps(events)[-STEPS:] == list(range(1, STEPS + 1))  # the second attempt ran every step
+        images.append(final.job.result.image)
     wait_for(lambda: stack.counters()[1:] == (0, 0), 60, "the queue and stream to drain")
+    # Batched on two workers (one killed) = alone: the first request again, on its own, gives the same PNG bytes.
+    alone = wait_job(stub, submit(stub, request(256, STEPS, prompt="survive a dead worker", seed=0)).id,
+                     (edit_pb2.SUCCEEDED,), 300)
+    assert alone.result.image == images[0]
 
 
 def test_high_priority_overtakes_running_normal_jobs(stack):
