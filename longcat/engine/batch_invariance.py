@@ -3,8 +3,8 @@
 On CPU (fp32, torch's MKL GEMM) ``F.linear`` computes some rows with another kernel that rounds differently in
 the last bits: every row when the input has 1-3 rows, and the last ``M % 4`` rows of a small ``M`` split
 between threads (M = 5-7, 9-11 with 2 threads; up to 27 with 16). With the rows a multiple of 4, each row's
-result is bitwise the same whatever the row count, its position and the thread count (measured: M = 4..600,
-1-16 threads; and end to end by tests/test_step_scheduler.py). Attention and the per-row ops (norms,
+result is bitwise the same whatever the row count, its position and the thread count (measured: M = 1..129
+and up to 601, 1-16 threads; and end to end by tests/test_step_scheduler.py). Attention and the per-row ops (norms,
 activations) are batch-invariant here. So the linears fed one row per sample (timestep embedder,
 AdaLayerNorm modulations, ``norm_out``, the LoRA A/B on those) made a job's numerics depend on its
 batchmates: a job alone ran them on 1 (2 with CFG) rows, in a batch on 5 or 8. While
