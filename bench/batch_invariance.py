@@ -5,8 +5,8 @@
 One transformer forward (``predict_velocity``, as the denoise loop and the step scheduler call it) at
 --size with 1 row (an edit without CFG), 2 (one CFG edit) and 16 (8 CFG edits batched), with the mode on
 and off, interleaved; the fastest of --repeats each (on a loaded machine only the fastest runs say what
-the code costs). The mode's cost is per torch call (a Python ``TorchFunctionMode``), so it is a fixed
-time per forward: largest, relatively, at the smallest forward.
+the code costs). The mode's cost is a pair of Python hooks per linear call, plus registering them around
+the forward: a fixed time per forward, largest, relatively, at the smallest forward.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main() -> None:
         with torch.no_grad():
             for _ in range(args.repeats):
                 for on in (False, True):
-                    with batch_invariant(on):
+                    with batch_invariant(transformer, on):
                         t0 = time.perf_counter()
                         predict_velocity(transformer, noisy, reference, embeds, text_ids, image_ids, sigma)
                         best[on] = min(best[on], time.perf_counter() - t0)

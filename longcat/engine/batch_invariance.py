@@ -13,48 +13,74 @@ zero-padded up to one and sliced back, so a job gives the same latents and PNG a
 
 What it does not cover: GPU kernels (cuBLAS picks algorithms, split-K and tile shapes by problem size, and
 flash/efficient attention is not batch-invariant in general), other CPUs or BLAS builds with other kernel
-switches, and bf16/fp16. The mode is a thread-local ``TorchFunctionMode``: it touches only the thread that
-entered it.
+switches, bf16/fp16, and a linear computed with ``F.linear`` outside an ``nn.Linear`` module (none in this
+transformer, peft's LoRA layers or our per-row LoRA hook). It is a pair of hooks on every ``nn.Linear`` of
+the module for the duration of the forward (LoRA layers included, whenever they were added): about a third
+of the per-forward cost of a ``TorchFunctionMode`` that sees every torch call (bench/batch_invariance.py).
+The caller holds the module for that forward (the loop's lock): the hooks are the module's, not a thread's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
+from torch import nn
 
 ROW_MULTIPLE = 4  # GEMM rows in multiples of this take the batch-invariant path (measured on CPU, see above)
 
 
-class _PadSmallLinears(TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.linear:
-            x = args[0] if args else kwargs["input"]
-            if x.dim() >= 1 and x.shape[-1] > 0:
-                rows = x.numel() // x.shape[-1]
-                pad = -rows % ROW_MULTIPLE
-                if rows and pad:
-                    flat = x.reshape(rows, x.shape[-1])
-                    padded = torch.cat([flat, flat.new_zeros(pad, x.shape[-1])])
-                    rest = args[1:] if args else ()
-                    kw = {k: v for k, v in kwargs.items() if k != "input"}
-                    out = func(padded, *rest, **kw)[:rows]
-                    return out.reshape(*x.shape[:-1], out.shape[-1])
-        return func(*args, **kwargs)
+class _PadRows:
+    """Forward pre-hook + hook for an ``nn.Linear``: rows padded up to a multiple of ROW_MULTIPLE, sliced back."""
+
+    def __init__(self):
+        self._shapes = threading.local()  # the input shapes of the linears in progress (a stack)
+
+    def _stack(self) -> list:
+        stack = getattr(self._shapes, "stack", None)
+        if stack is None:
+            stack = self._shapes.stack = []
+        return stack
+
+    def pre(self, module, args):
+        x = args[0] if args else None
+        rows = x.numel() // x.shape[-1] if x is not None and x.dim() and x.shape[-1] else 0
+        pad = -rows % ROW_MULTIPLE
+        if not rows or not pad:
+            self._stack().append(None)
+            return None
+        self._stack().append((x.shape, rows))
+        flat = x.reshape(rows, x.shape[-1])
+        return (torch.cat([flat, flat.new_zeros(pad, x.shape[-1])]), *args[1:])
+
+    def post(self, module, args, output):
+        entry = self._stack().pop()
+        if entry is None:
+            return None
+        shape, rows = entry
+        return output[:rows].reshape(*shape[:-1], output.shape[-1])
 
 
 @contextlib.contextmanager
-def batch_invariant(enabled: bool = True) -> Iterator[None]:
-    """While the body runs (in this thread), linears compute on their rows padded to a multiple of ROW_MULTIPLE."""
+def batch_invariant(module: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """While the body runs, every ``nn.Linear`` in ``module`` computes on its rows padded to a multiple of
+    ROW_MULTIPLE. Enter it around each forward: LoRA layers added since are covered too."""
     if not enabled:
         yield
         return
-    with _PadSmallLinears():
+    pad = _PadRows()
+    handles = []
+    try:
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                handles.append(m.register_forward_pre_hook(pad.pre))
+                handles.append(m.register_forward_hook(pad.post))
         yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def wanted(device: torch.device) -> bool:

@@ -107,7 +107,7 @@ class DenoiseLoop:
         """Denoise from seeded noise to packed latents; raises :class:`Cancelled` between steps when asked."""
         # Batch-invariant linears, as the step scheduler's: a job alone gives what it gives in any batch.
         with self.lock, step_cache(self.transformer, job.speed_preset, job.steps), \
-                batch_invariant(self.batch_invariant and wanted(self.device)):
+                batch_invariant(self.transformer, self.batch_invariant and wanted(self.device)):
             if self.parallel is not None and self.parallel.is_leader:
                 self.parallel.share_job(job)  # the followers run the same job in lockstep
             return self._run(job, on_step, cancel, preview_every, preview_max_side)

@@ -220,7 +220,7 @@ class StepScheduler:
             sigmas.append(sj._sigma.expand(rows))
             row_adapters += [sj._rows] * rows
         lock = self.adapters.batch_lock() if self.adapters is not None else _nullcontext()
-        invariant = batch_invariant(loop.batch_invariant and wanted(device))  # a row's result never sees its batch
+        invariant = batch_invariant(loop.transformer, loop.batch_invariant and wanted(device))  # a row's result never sees its batch
         with lock, loop.lock, per_row_adapters(loop.transformer, row_adapters), invariant:
             v_all = predict_velocity(loop.transformer, torch.cat(latents), torch.cat(reference), torch.cat(embeds),
                                      text_ids, image_ids, torch.cat(sigmas))
