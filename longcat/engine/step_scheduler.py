@@ -7,7 +7,7 @@ transformer's position ids are shared by the batch, and it has no attention mask
 up to ``max_batch_tokens``. Each job keeps its own diffusers scheduler, sigma, step count, guidance, CFG
 rows, adapters and scales; the math per row is :class:`DenoiseLoop`'s.
 
-Batched = alone, and what that covers: in fp32 on CPU (torch's MKL GEMMs, any thread count), a job gives
+Batched = alone, and what that covers: in fp32 on CPU (torch's MKL GEMMs; 1-16 threads tried), a job gives
 bit for bit the latents and PNG it gives alone, in any batch, with any batchmates, joining at any step
 (tests/test_step_scheduler.py). Both this forward and :class:`DenoiseLoop` run under
 :func:`longcat.engine.batch_invariance.batch_invariant`, which keeps every linear on the GEMM path whose
