@@ -97,10 +97,14 @@ def test_jobs_of_another_tenant_are_not_found(stack):
                       (stub.WatchJob, edit_pb2.WatchJobRequest(job_id=job.id)),
                       (stub.CancelJob, edit_pb2.CancelJobRequest(job_id=job.id))):
         assert rpc_error(call, msg, timeout=30, metadata=md("bob")).code() == NOT_FOUND, call
-    listed = stub.ListJobs(edit_pb2.ListJobsRequest(), timeout=30, metadata=md("bob")).jobs
-    assert job.id not in [j.id for j in listed]
-    assert job.id in [j.id for j in stub.ListJobs(edit_pb2.ListJobsRequest(), timeout=30,
-                                                  metadata=md("alice")).jobs]
+    train = training_pb2_grpc.TrainingServiceStub(stack.channel())
+    assert rpc_error(train.GetJob, edit_pb2.GetJobRequest(job_id=job.id), timeout=30,
+                     metadata=md("bob")).code() == NOT_FOUND
+
+    def listed(who):
+        return [j.id for j in train.ListJobs(training_pb2.ListJobsRequest(), timeout=30, metadata=md(who)).jobs]
+
+    assert job.id not in listed("bob") and job.id in listed("alice")
     # The same over HTTP, result PNG URLs included.
     http = stack.http
     for path in (f"/v1/jobs/{job.id}", f"/v1/jobs/{job.id}/result", f"/v1/images/results/{job.id}.png",
