@@ -28,7 +28,7 @@ import redis
 from longcat.adapters.header import describe
 from longcat.adapters.store import ADAPTER_FILES, AdapterStorage
 from longcat.api.keys import Keys
-from longcat.api.names import AdapterRef, parse_adapter_ref, validate_name
+from longcat.api.names import NAME_RE, AdapterRef, parse_adapter_ref, validate_name
 from longcat.errors import AdapterNotFound, AlreadyExists, InvalidArgument, PermissionDenied
 
 VISIBILITIES = ("private", "shared", "public")
@@ -141,7 +141,8 @@ class AdapterRegistry:
         if parsed.owner:
             candidates = [parsed.owner]
         else:
-            own = [viewer.owner] if self.store.versions(viewer.owner, parsed.name) else []
+            own = [viewer.owner] if NAME_RE.match(viewer.owner) and self.store.versions(viewer.owner, parsed.name) \
+                else []
             candidates = own or [o for o in self._owners_of(parsed.name)
                                  if viewer.sees(o, self._visibility(o, parsed.name))]
             if not candidates and self.store.exists(parsed.name) and not parsed.version:
