@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+from urllib.parse import quote
 
 from longcat.v1 import adapters_pb2, edit_pb2
 
@@ -83,4 +84,4 @@ def adapter_json(a: adapters_pb2.Adapter) -> dict:
 
 def _download_url(a: adapters_pb2.Adapter) -> str:
     at = f"@v{a.version}" if a.version else ""
-    return f"/v1/adapters/{a.name}{at}/download" + (f"?owner={a.owner}" if a.owner else "")
+    return f"/v1/adapters/{a.name}{at}/download" + (f"?owner={quote(a.owner, safe='')}" if a.owner else "")
