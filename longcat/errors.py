@@ -85,3 +85,10 @@ class FailedPrecondition(LongCatError):
     started without the model to check it against."""
 
     code = "FAILED_PRECONDITION"
+
+
+class PermissionDenied(LongCatError):
+    """Visible, but not the caller's to change or take: another tenant's adapter (delete, visibility,
+    download of one shared for use only)."""
+
+    code = "PERMISSION_DENIED"

@@ -171,16 +171,20 @@ def test_mismatched_loras_are_refused_with_the_field_named(stack, loras, tmp_pat
 def test_never_replaced_silently_and_only_by_its_owner(stack, loras):
     with client(stack, "auth", "key-alice") as alice, client(stack, "auth", "key-bob") as bob:
         first = alice.upload_adapter("owned", loras["diffusers"])
-        assert first.owner == "alice"
+        assert (first.owner, first.version, first.ref) == ("alice", 1, "alice/owned@v1")
         with pytest.raises(AlreadyExists) as exc:
             alice.upload_adapter("owned", loras["peft"])
         assert exc.value.field == "name" and "overwrite" in str(exc.value)
-        with pytest.raises(AlreadyExists):
-            bob.upload_adapter("owned", loras["peft"], overwrite=True)
-        assert bob.get_adapter("owned").format == "diffusers"
+        # Bob's "owned" is bob/owned, another adapter: alice's is untouched and still hers alone.
+        theirs = bob.upload_adapter("owned", loras["peft"], overwrite=True)
+        assert (theirs.owner, theirs.ref) == ("bob", "bob/owned@v1")
+        assert alice.get_adapter("owned").format == "diffusers"
+        # overwrite publishes a new version; the first stays, pinned by owned@v1.
         again = alice.upload_adapter("owned", loras["peft"], overwrite=True)
-        assert (again.format, again.owner) == ("peft", "alice")
-    dup = cli(stack, "adapters", "upload", "owned", str(loras["diffusers"]), "--json", check=False)
+        assert (again.format, again.owner, again.version, list(again.versions)) == ("peft", "alice", 2, [1, 2])
+        assert alice.get_adapter("owned@v1").format == "diffusers"
+    cli(stack, "adapters", "upload", "cli-dup", str(loras["diffusers"]), "--json")
+    dup = cli(stack, "adapters", "upload", "cli-dup", str(loras["diffusers"]), "--json", check=False)
     assert dup.returncode != 0 and json.loads(dup.stdout)["code"] == "ALREADY_EXISTS"
 
 

@@ -140,13 +140,14 @@ def test_zero_steps_means_the_server_default(stack, stub):
     assert wait_job(stub, job.id, TERMINAL, 120).state in (CANCELLED, OK)
 
 
-def test_unknown_adapter_fails_not_found_from_the_worker(stack, stub):
+def test_unknown_adapter_is_not_found_at_submission(stack, stub):
     rid = f"unknown-adapter-{uuid.uuid4().hex}"
+    before = stack.created_and_queued()
     err = rpc_error(stub.Edit, request(64, 2, adapters=[("no-such-style", 1.0)], request_id=rid), timeout=180)
     assert err.code() == grpc.StatusCode.NOT_FOUND, err
     assert err.details().startswith("adapters[0].name:") and "no-such-style" in err.details()
-    job = stub.GetJob(edit_pb2.GetJobRequest(job_id=_idem_job(stack, rid)), timeout=30)
-    assert job.state == FAILED and job.error_code == "NOT_FOUND" and job.attempts == 1  # permanent: no retry
+    assert stack.r.get(stack.key("idem", "anonymous", rid)) is None  # the gateway queued nothing
+    assert stack.created_and_queued() == before
 
 
 # --- 2. SubmitEdit + WatchJob + GetJob -----------------------------------------------------------------------

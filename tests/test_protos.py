@@ -33,7 +33,7 @@ def test_public_contract_names():
     assert services["EditService"] == ["Edit", "SubmitEdit", "WatchJob", "GetJob", "CancelJob"]
     assert {"SubmitTraining", "WatchJob", "GetJob", "CancelJob", "ListJobs"} <= set(services["TrainingService"])
     assert services["AdapterService"] == ["ListAdapters", "GetAdapter", "DeleteAdapter", "DownloadAdapter",
-                                         "UploadAdapter"]
+                                         "UploadAdapter", "SetAdapterVisibility"]
     fields = set(edit_pb2.EditRequest.DESCRIPTOR.fields_by_name)
     assert {"image", "prompt", "negative_prompt", "width", "height", "num_inference_steps", "guidance_scale",
             "seed", "adapters", "request_id"} <= fields

@@ -27,7 +27,8 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from longcat.adapters.formats import PREFIX, LoraFile, read_lora, resolve_lora_files
-from longcat.adapters.store import AdapterStore, validate_name
+from longcat.adapters.store import AdapterStore
+from longcat.api.names import validate_adapter_ref
 from longcat.errors import AdapterMismatch, AdapterNotFound, InvalidArgument
 from longcat.models.precision import is_quantized
 
@@ -160,7 +161,7 @@ class AdapterManager:
 
     def _ensure(self, name: str, path: str | os.PathLike | None, field: str, pinned: set[str]) -> str:
         name_field = f"{field}.name"
-        validate_name(name, name_field)
+        validate_adapter_ref(name, name_field)  # a canonical owner/name@vN, or a hand-placed folder's name
         entry = self._loaded.get(name)
         if path is None:
             if entry is not None and (self.store is None or not _is_under(entry.path, self.store.root)):
@@ -298,7 +299,7 @@ def parse_refs(refs: Sequence[Any] | None, field: str = "adapters") -> list[tupl
             name, scale = ref.name, ref.scale
         else:
             raise InvalidArgument(f"expected (name, scale), got {ref!r}", f"{field}[{i}]")
-        validate_name(name, f"{field}[{i}].name")
+        validate_adapter_ref(name, f"{field}[{i}].name")
         if name in seen:
             raise InvalidArgument(f"adapter {name!r} is listed twice", f"{field}[{i}].name")
         seen.add(name)

@@ -101,12 +101,12 @@ def resolve_seed(seed, field: str = "seed") -> int:
 
 
 def check_adapters(adapters, limits: Limits, field: str = "adapters") -> list[AdapterRef]:
-    from longcat.api.names import validate_name
+    from longcat.api.names import validate_adapter_ref
 
     if len(adapters) > limits.max_adapters:
         raise InvalidArgument(f"at most {limits.max_adapters} adapters per request, got {len(adapters)}", field)
     for i, ref in enumerate(adapters):
-        validate_name(ref.name, field=f"{field}[{i}].name")
+        validate_adapter_ref(ref.name, field=f"{field}[{i}].name")
         if isinstance(ref.scale, bool) or not isinstance(ref.scale, (int, float)) or not math.isfinite(ref.scale):
             raise InvalidArgument(f"must be a finite number, got {ref.scale}", f"{field}[{i}].scale")
     return list(adapters)

@@ -136,3 +136,7 @@ class AsyncLongCatClient:
 
     async def delete_adapter(self, name: str):
         return await self._call(self.adapters.DeleteAdapter, adapters_pb2.DeleteAdapterRequest(name=name))
+
+    async def set_adapter_visibility(self, name: str, visibility: str):
+        return await self._call(self.adapters.SetAdapterVisibility,
+                                adapters_pb2.SetAdapterVisibilityRequest(name=name, visibility=visibility))

@@ -15,6 +15,7 @@ _BY_CODE = {
     "UNAUTHENTICATED": errors.Unauthenticated,
     "DEADLINE_EXCEEDED": errors.DeadlineExceeded,
     "ALREADY_EXISTS": errors.AlreadyExists,
+    "PERMISSION_DENIED": errors.PermissionDenied,
 }
 
 

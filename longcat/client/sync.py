@@ -209,6 +209,11 @@ class LongCatClient:
     def delete_adapter(self, name: str) -> adapters_pb2.Adapter:
         return self._call(self.adapters.DeleteAdapter, adapters_pb2.DeleteAdapterRequest(name=name))
 
+    def set_adapter_visibility(self, name: str, visibility: str) -> adapters_pb2.Adapter:
+        """``private``, ``shared`` (other tenants may use it) or ``public`` (and download it)."""
+        return self._call(self.adapters.SetAdapterVisibility,
+                          adapters_pb2.SetAdapterVisibilityRequest(name=name, visibility=visibility))
+
     def download_adapter(self, name: str, out_dir: str | Path) -> tuple[adapters_pb2.Adapter, Path]:
         """Save adapter ``name`` as ``out_dir/pytorch_lora_weights.safetensors`` (diffusers format)."""
         try:

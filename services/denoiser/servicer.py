@@ -205,10 +205,10 @@ class DenoiserServicer(denoiser_pb2_grpc.DenoiserServicer):
     @rpc_method(SERVICE)
     def UnloadAdapter(self, request, context):
         backend = self._ready(context)
-        from longcat.adapters import validate_name
+        from longcat.api.names import validate_adapter_ref
         from longcat.errors import AdapterNotFound
 
-        validate_name(request.name, field="name")
+        validate_adapter_ref(request.name, field="name")
         if not backend.adapters.unload(request.name):
             raise AdapterNotFound(f"adapter {request.name!r} is not loaded", "name")
         return self._loaded(backend)

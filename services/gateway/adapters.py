@@ -31,6 +31,10 @@ class AdapterServicer(adapters_pb2_grpc.AdapterServiceServicer):
         return self.core.delete_adapter(self.auth.caller(context), request.name)
 
     @rpc_method(SERVICE)
+    def SetAdapterVisibility(self, request, context):
+        return self.core.set_adapter_visibility(self.auth.caller(context), request.name, request.visibility)
+
+    @rpc_method(SERVICE)
     def DownloadAdapter(self, request, context):
         download = self.core.download_adapter(self.auth.caller(context), request.name)
         first = True

@@ -2,6 +2,9 @@
 
 Keys come from a file (JSON ``{"<key>": "<owner>"}`` or lines ``owner:key``) and/or ``LONGCAT_API_KEYS``
 (``owner:key,owner2:key2``). With no keys configured, everyone is the owner "anonymous".
+
+Admins are owners named by the gateway's ``--admin-owners`` (comma-separated): their keys may see, change the
+visibility of, and delete every tenant's adapters. With keys off there are no tenants and everyone may.
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ def _parse_pairs(text: str) -> dict[str, str]:
 
 
 class ApiKeys:
-    def __init__(self, keys: dict[str, str] | None = None):
+    def __init__(self, keys: dict[str, str] | None = None, admins: frozenset[str] | set[str] = frozenset()):
         self.keys = dict(keys or {})
+        self.admins = frozenset(admins)
 
     @classmethod
-    def load(cls, path: str | None = None, env: str | None = None) -> "ApiKeys":
+    def load(cls, path: str | None = None, env: str | None = None, admins: str = "") -> "ApiKeys":
         keys: dict[str, str] = {}
         if path:
             text = Path(path).read_text()
@@ -43,7 +47,7 @@ class ApiKeys:
         env = os.environ.get("LONGCAT_API_KEYS", "") if env is None else env
         if env:
             keys.update(_parse_pairs(env))
-        return cls(keys)
+        return cls(keys, {a.strip() for a in admins.split(",") if a.strip()})
 
     @property
     def enabled(self) -> bool:
@@ -71,7 +75,9 @@ class ApiKeys:
         """Any door: the ``authorization`` header value -> the :class:`Caller` (401 when keys are on and it is
         missing or wrong)."""
         key = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
-        return Caller(self.owner_for(authorization), authenticated=self.enabled, key=key if self.enabled else "")
+        owner = self.owner_for(authorization)
+        return Caller(owner, authenticated=self.enabled, key=key if self.enabled else "",
+                      admin=self.enabled and owner in self.admins)
 
 
 def _authorization(context) -> str:

@@ -35,6 +35,7 @@ from longcat.jobs.connection import redis_unavailable_as_error
 from longcat.jobs.store import JobStore, NotReplicated
 from longcat.rpc.errors import STATUS
 from longcat.v1 import adapters_pb2, edit_pb2, training_pb2
+from services.gateway.adapter_refs import resolve_edit_adapters, viewer_of
 from services.gateway.events import watch
 
 TERMINAL = (edit_pb2.SUCCEEDED, edit_pb2.FAILED, edit_pb2.CANCELLED)
@@ -48,6 +49,7 @@ class Caller:
     owner: str
     authenticated: bool = False  # API keys on: ownership is enforced (adapters, per-owner areas)
     key: str = field(default="", repr=False)  # the caller's API key ('' with keys off): signs its webhooks
+    admin: bool = False  # an owner named by --admin-owners: manages every tenant's adapters
 
 
 class JobFailed(LongCatError):
@@ -143,6 +145,7 @@ class GatewayCore:
         msg.CopyFrom(request)
         msg.seed = req.seed
         with redis_unavailable_as_error():
+            resolve_edit_adapters(self.registry, caller, msg)  # -> canonical owner/name@vN, or NOT_FOUND
             try:
                 job_id, created, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(),
                                                        request.request_id, deadline, self.config.max_queue,
@@ -223,30 +226,36 @@ class GatewayCore:
         folders = {p.name: str(p) for p in sorted(dest.iterdir()) if p.is_dir()}
         return training_pb2.UploadDatasetResponse(path=str(dest), folders=folders, bytes=size, files=files)
 
-    # ---- adapters: everyone reads the registry; only the publisher deletes (with API keys on) ----
+    # ---- adapters: owned per tenant, versioned; each caller sees its own plus those shared with it ----
 
     def list_adapters(self, caller: Caller) -> list[adapters_pb2.Adapter]:
         with redis_unavailable_as_error():
-            return [adapter_to_proto(a) for a in self.registry.list()]
+            return [adapter_to_proto(a) for a in self.registry.list(viewer_of(caller))]
 
     def get_adapter(self, caller: Caller, name: str) -> adapters_pb2.Adapter:
         with redis_unavailable_as_error():
-            return adapter_to_proto(self.registry.get(name))
+            return adapter_to_proto(self.registry.resolve(name, viewer_of(caller), "name"))
 
     def delete_adapter(self, caller: Caller, name: str) -> adapters_pb2.Adapter:
+        """``name@vN``: that version; ``name``: every version. The owner's or an admin's call."""
         with redis_unavailable_as_error():
-            return adapter_to_proto(self.registry.delete(name, caller.owner if caller.authenticated else None))
+            return adapter_to_proto(self.registry.delete(name, field="name", viewer=viewer_of(caller)))
+
+    def set_adapter_visibility(self, caller: Caller, name: str, visibility: str) -> adapters_pb2.Adapter:
+        with redis_unavailable_as_error():
+            return adapter_to_proto(self.registry.set_visibility(name, visibility, viewer_of(caller), "name"))
 
     def upload_adapter(self, caller: Caller, name: str, chunks: Iterable[bytes], overwrite: bool = False,
                        peft_config: str = "") -> adapters_pb2.Adapter:
         """A LoRA file (diffusers or PEFT safetensors) streamed in ``chunks`` -> checked against the served
-        model from its header, then published as ``name``. Nothing is stored when any check fails."""
-        name = validate_name(name, "name")
+        model from its header, then published as the next version of the caller's ``name``. Nothing is stored
+        when any check fails."""
+        name = validate_name(name, "name")  # uploads go into the caller's own namespace: no owner/ or @v
         if self.model_shapes is None:
             raise errors.FailedPrecondition("this gateway cannot check adapters against the model: start it with "
                                             "--model (a local model folder or tiny)")
         config = parse_peft_config(peft_config or "", "peft_config")
-        with redis_unavailable_as_error(), self.registry.claim(name):
+        with redis_unavailable_as_error(), self.registry.claim(name, owner=caller.owner):
             self._may_write(caller, name, overwrite)
             limit = self.config.max_adapter_bytes
             with tempfile.TemporaryDirectory(prefix="adapter-upload-") as tmp:
@@ -265,19 +274,21 @@ class GatewayCore:
                 return adapter_to_proto(self.registry.publish(name, tmp, owner=caller.owner))
 
     def _may_write(self, caller: Caller, name: str, overwrite: bool) -> None:
-        if not self.registry.exists(name):
-            return
-        if not overwrite:
-            raise errors.AlreadyExists(f"adapter {name!r} already exists (set overwrite to replace it)", "name")
-        owner = self.registry.get(name).owner
-        if caller.authenticated and owner and owner != caller.owner:
-            raise errors.AlreadyExists(f"adapter {name!r} already exists and belongs to another caller", "name")
+        """Another tenant's ``name`` is another adapter; the caller's own takes a new version only when asked."""
+        if self.registry.exists(name, owner=caller.owner) and not overwrite:
+            raise errors.AlreadyExists(f"adapter {name!r} already exists (set overwrite to publish a new "
+                                       "version of it)", "name")
 
     def download_adapter(self, caller: Caller, name: str) -> "AdapterDownload":
         """The adapter as one diffusers-format safetensors file (a PEFT file's header is rewritten to
         diffusers keys; its tensor bytes are streamed unchanged)."""
+        viewer = viewer_of(caller)
         with redis_unavailable_as_error():
-            info = self.registry.get(name, "name")
+            info = self.registry.resolve(name, viewer, "name")
+        if not viewer.may_download(info.owner, info.visibility):
+            raise errors.PermissionDenied(f"adapter {name!r} is shared for use in edits, not for download (its "
+                                          "owner may make it public)", "name")
+        name = info.ref
         files = self.registry.store.get(name, "name").files
         weights = DIFFUSERS_WEIGHTS if DIFFUSERS_WEIGHTS in files else PEFT_WEIGHTS
         f = self.registry.store.open(name, weights)
@@ -318,7 +329,8 @@ class AdapterDownload:
 def adapter_to_proto(info: AdapterInfo) -> adapters_pb2.Adapter:
     return adapters_pb2.Adapter(name=info.name, rank=info.rank, alpha=info.alpha, format=info.format,
                                 size_bytes=info.size_bytes, created_at=info.created_at, job_id=info.job_id,
-                                owner=info.owner)
+                                owner=info.owner, version=info.version, visibility=info.visibility,
+                                versions=info.versions, ref=info.ref)
 
 
 def deadline_from_remaining(remaining: float | None, max_s: float = 30 * 86400) -> float:

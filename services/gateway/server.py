@@ -61,6 +61,8 @@ def build_parser(parser=None):
     p.add_argument("--model", default="", help="load this model's tokenizer to check prompt lengths ('' = skip)")
     p.add_argument("--api-keys-file", default="", help="API keys: JSON {key: owner} or lines owner:key "
                                                        "(also LONGCAT_API_KEYS=owner:key,...); none = auth off")
+    p.add_argument("--admin-owners", default="",
+                   help="owners (from the API keys) who administer every tenant's adapters, comma-separated")
     p.add_argument("--max-queue", type=int, default=1000, help="edit jobs waiting before RESOURCE_EXHAUSTED")
     p.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest output (width x height)")
     p.add_argument("--max-steps", type=int, default=200, help="most denoising steps a request may ask for")
@@ -89,6 +91,7 @@ class GatewaySettings(ServerSettings):
     result_ttl_s: int
     model: str
     api_keys_file: str
+    admin_owners: str
     max_queue: int
     max_pixels: int
     max_steps: int
@@ -145,7 +148,7 @@ def serve(args: GatewaySettings) -> None:
     client = connect(args.redis_url)
     keys = Keys(args.namespace)
     store = JobStore(client, keys, result_ttl_s=args.result_ttl_s, **durability(args))
-    auth = ApiKeys.load(args.api_keys_file or None)
+    auth = ApiKeys.load(args.api_keys_file or None, admins=args.admin_owners)
     # The model's tokenizer.json through `tokenizers` (no transformers, no torch): the same ids as the encoder.
     tokenizer = load_prompt_tokenizer(args.model) if args.model else None
     # The transformer's linear layers from its safetensors headers: uploaded LoRAs are checked against them.

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+from urllib.parse import quote
 
 from longcat.v1 import adapters_pb2, edit_pb2
 
@@ -77,4 +78,10 @@ def event_json(ev: edit_pb2.JobEvent) -> dict:
 def adapter_json(a: adapters_pb2.Adapter) -> dict:
     return {"name": a.name, "object": "adapter", "rank": a.rank, "alpha": a.alpha, "format": a.format,
             "size_bytes": a.size_bytes, "created_at": a.created_at, "job_id": a.job_id, "owner": a.owner,
-            "download_url": f"/v1/adapters/{a.name}/download"}
+            "version": a.version, "versions": list(a.versions), "visibility": a.visibility, "ref": a.ref,
+            "download_url": _download_url(a)}
+
+
+def _download_url(a: adapters_pb2.Adapter) -> str:
+    at = f"@v{a.version}" if a.version else ""
+    return f"/v1/adapters/{a.name}{at}/download" + (f"?owner={quote(a.owner, safe='')}" if a.owner else "")

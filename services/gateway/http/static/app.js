@@ -410,20 +410,22 @@ async function loadAdapterTable() {
     const use = Object.assign(document.createElement("button"), {type: "button", textContent: "Edit with", className: "use"});
     use.onclick = () => { location.hash = `#edit?adapter=${encodeURIComponent(a.name)}`; };
     const dl = Object.assign(document.createElement("button"), {type: "button", textContent: "Download", className: "download"});
-    dl.onclick = () => downloadAdapter(a.name);
+    dl.onclick = () => downloadAdapter(a.name, a.download_url);
     const del = Object.assign(document.createElement("button"), {type: "button", textContent: "Delete", className: "delete"});
     del.onclick = async () => {
       if (!confirm(`Delete adapter ${a.name}?`)) return;
-      try { await api(`/v1/adapters/${encodeURIComponent(a.name)}`, {method: "DELETE"}); loadAdapterTable(); }
+      // ?owner=: this row's adapter, not the caller's own adapter of the same name (names are per owner)
+      const owner = a.owner ? `?owner=${encodeURIComponent(a.owner)}` : "";
+      try { await api(`/v1/adapters/${encodeURIComponent(a.name)}${owner}`, {method: "DELETE"}); loadAdapterTable(); }
       catch (e) { notice(e.message); }
     };
     td.append(use, dl, del); tr.append(td); body.append(tr);
   }
 }
 
-async function downloadAdapter(name) {
+async function downloadAdapter(name, url) {
   try {
-    const blob = await (await api(`/v1/adapters/${encodeURIComponent(name)}/download`)).blob();
+    const blob = await (await api(url || `/v1/adapters/${encodeURIComponent(name)}/download`)).blob();
     const a = Object.assign(document.createElement("a"), {href: URL.createObjectURL(blob),
                                                           download: `${name}.safetensors`});
     document.body.append(a); a.click(); a.remove();
