@@ -12,6 +12,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from longcat.rpc import wire
+
 log = logging.getLogger("longcat.rpc.server")
 
 
@@ -32,7 +34,7 @@ class GrpcServer:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
         self.service_names = list(service_names)
         self.health = health.HealthServicer(experimental_non_blocking=True)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        wire.register(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.server)  # junk: INVALID_ARGUMENT
         reflection.enable_server_reflection(
             self.service_names + [health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         try:

@@ -112,6 +112,10 @@ class GatewayCore:
                   before: float = 0.0) -> list[edit_pb2.Job]:
         """Newest first; ``before`` (a created_at): only older jobs, the next page."""
         limit = limit if 0 < limit <= 1000 else 100
+        if kind and kind not in KINDS:  # proto3 enums are open: an unknown number arrives as it is
+            raise InvalidArgument(f"must be EDIT or TRAINING (or unset), got {kind}", "kind")
+        if state not in edit_pb2.JobState.values():
+            raise InvalidArgument(f"is not a job state, got {state}", "state")
         state_name = "" if state == edit_pb2.JOB_STATE_UNSPECIFIED else edit_pb2.JobState.Name(state)
         with redis_unavailable_as_error():
             views = self.store.list(caller.owner, KINDS.get(kind, ""), state_name, 1000 if before else limit)

@@ -22,11 +22,12 @@ from longcat.jobs.connection import REDIS_ERRORS, connect
 from longcat.jobs.store import JobStore
 from longcat.logs import setup_logging
 from longcat.redact import redact_url
+from longcat.rpc import wire
 from longcat.rpc.config import EnvDefaults, ServerSettings, add_server_args
 from longcat.rpc.metrics import serve_metrics
 from longcat.rpc.server import GrpcServer
 from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc, training_pb2_grpc
-from services.gateway import adapters, edit, training, wire
+from services.gateway import adapters, edit, training
 from services.gateway.auth import ApiKeys
 from services.gateway.core import GatewayConfig, GatewayCore
 from services.gateway.webhooks import Webhooks
