@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from longcat.api.ids import check_event_id
 from longcat.errors import InvalidArgument
 from longcat.v1 import edit_pb2
 from services.gateway.core import Caller, GatewayCore
@@ -74,11 +75,13 @@ def job_result(job_id: str, who: Caller = Depends(caller), gw: GatewayCore = Dep
 async def job_events(request: Request, job_id: str, last_event_id: str = Header("", alias="Last-Event-ID"),
                      after: str = Query("", description="resume after this event id (as Last-Event-ID)"),
                      who: Caller = Depends(caller), gw: GatewayCore = Depends(core)):
-    job = await run_in_threadpool(gw.get_job, who, job_id)  # 404 before the stream starts
+    # A bad cursor and an unknown job are answered before the stream starts (a 200 cannot become a 400 later).
+    cursor = check_event_id(last_event_id or after, "Last-Event-ID" if last_event_id else "after")
+    job = await run_in_threadpool(gw.get_job, who, job_id)
     kind = edit_pb2.JobKind.Name(job.kind).lower()
     active = threading.Event()
     active.set()
-    events = gw.watch_job(who, job_id, last_event_id or after or "0", kind, active.is_set)
+    events = gw.watch_job(who, job_id, cursor, kind, active.is_set)
 
     async def stream():
         try:
