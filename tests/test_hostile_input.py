@@ -335,14 +335,20 @@ def test_every_rpc_survives_hostile_requests(target, service, method):
     run()
 
 
-def test_a_call_without_a_key_is_refused_before_its_request_is_checked(target):
-    """Auth runs first: a decompression bomb sent without a key answers UNAUTHENTICATED, not INVALID_ARGUMENT,
-    and creates nothing. (gRPC itself reads and parses the message before any handler, bounded by
-    --max-message-mb; the handler then checks the key before anything else.)"""
+def test_a_call_without_a_key_is_refused_before_its_request_is_read(target):
+    """Auth runs first (services/gateway/auth_first.py): a decompression bomb sent without a key answers
+    UNAUTHENTICATED, not INVALID_ARGUMENT, and creates nothing; and a request over the gateway's 8 MiB message
+    limit sent without a key answers UNAUTHENTICATED, not RESOURCE_EXHAUSTED: its body was never read."""
     service, method = SERVICES[0], SERVICES[0].methods_by_name["SubmitEdit"]
     before = target.jobs()
     req = edit_pb2.EditRequest(image=BOMB_PNG, prompt="x" * 200_000)
     assert call(target, service, method, req, (("authorization", "Bearer wrong"),)) == "UNAUTHENTICATED"
+    big = edit_pb2.EditRequest(image=b"\0" * (9 << 20), prompt="x")
+    assert call(target, service, method, big, ()) == "UNAUTHENTICATED"
+    assert call(target, service, method, big, ALICE) == "RESOURCE_EXHAUSTED"  # with a key: read, over the limit
+    upload = SERVICES[1].methods_by_name["UploadDataset"]
+    chunks = [training_pb2.UploadDatasetChunk(name="x", data=b"\0" * (1 << 20))] * 64
+    assert call(target, SERVICES[1], upload, chunks, ()) == "UNAUTHENTICATED"
     assert target.jobs() == before
 
 

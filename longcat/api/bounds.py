@@ -56,6 +56,11 @@ def check_int(value, field: str, lo: int = INT32[0], hi: int = INT32[1]) -> None
         raise InvalidArgument(f"must be between {lo} and {hi}, got {shown(value)}", field)
 
 
+def clamp_int32(value: int) -> int:
+    """A stored number shown in a proto int32 field (a job stored before these checks may hold more)."""
+    return max(INT32[0], min(INT32[1], value))
+
+
 def check_ints(obj, field: str, lo: int = INT32[0], hi: int = INT32[1]) -> None:
     """Every int inside a parsed config (dataclasses, lists, tuples, dicts) fits ``lo..hi`` (a proto int32,
     a Redis integer): a number the job cannot carry is refused at submission, not when the job runs."""

@@ -29,6 +29,7 @@ from longcat.rpc.server import GrpcServer
 from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc, training_pb2_grpc
 from services.gateway import adapters, edit, training
 from services.gateway.auth import ApiKeys
+from services.gateway.auth_first import AuthFirst
 from services.gateway.core import GatewayConfig, GatewayCore
 from services.gateway.webhooks import Webhooks
 
@@ -179,8 +180,9 @@ def serve(args: GatewaySettings) -> None:
                                             max_adapter_bytes=args.max_adapter_mb * 1024 * 1024),
                        roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer, model_shapes=shapes,
                        webhooks=Webhooks.from_flag(store, args.callback_hosts))
-    server = GrpcServer([edit.SERVICE, training.SERVICE, adapters.SERVICE], args.host, args.port,
-                        args.max_message_mb, args.threads)
+    services = [edit.SERVICE, training.SERVICE, adapters.SERVICE]
+    server = GrpcServer(services, args.host, args.port, args.max_message_mb, args.threads,
+                        interceptors=[AuthFirst(auth, services)])  # no key: refused before the body is read
     # Request bytes that do not parse answer INVALID_ARGUMENT (wire.py), not grpc's INTERNAL.
     wire.register(edit_pb2_grpc.add_EditServiceServicer_to_server, edit.EditServicer(core, auth), server.server)
     wire.register(training_pb2_grpc.add_TrainingServiceServicer_to_server, training.TrainingServicer(core, auth),
