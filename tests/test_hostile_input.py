@@ -47,6 +47,7 @@ BOB = (("authorization", f"Bearer {BOB_KEY}"),)
 PROFILE = dict(derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck),
                print_blob=False)
 FIGURES: Counter = Counter()      # cases run per RPC / route
+CODES: Counter = Counter()        # answers by status code (gRPC names, HTTP numbers)
 FAILURES: list[str] = []
 HOSTILE_FIGURES = FIGURES         # read by RELIABILITY.md's author: pytest -s prints them at the end
 
@@ -212,6 +213,7 @@ class Target:
 
     def check(self, label: str, failed: bool, code: str, before: int, may_create: bool = False) -> None:
         FIGURES[label] += 1
+        CODES[code] += 1
         problems = []
         if code in ("INTERNAL", "UNKNOWN") or code.startswith("5"):
             problems.append(f"answered {code}")
@@ -261,6 +263,7 @@ def target(redis_server, tiny_model_path, tmp_path_factory):
     finally:
         gw.stop()
         print(f"\nHOSTILE_FIGURES {sum(FIGURES.values())} cases: {dict(sorted(FIGURES.items()))}")
+        print(f"HOSTILE_CODES {dict(CODES.most_common())}")
         print(f"HOSTILE_FAILURES {FAILURES}")
 
 

@@ -81,20 +81,29 @@ def _split_quotation_diffusers(prompt, pattern, matches):
 
 def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
     """The pipeline's tokenization: quoted spans are tokenized character by character (for text rendering)."""
+    return _token_ids(tokenizer, prompt)[0]
+
+
+def _token_ids(tokenizer, prompt: str, stop_after: int | None = None) -> tuple[list[int], bool]:
+    """(ids, complete): with ``stop_after``, stop once more ids than that are collected (same first ids)."""
     ids: list[int] = []
     for part, quoted in split_quotation(prompt):
         pieces = list(part) if quoted else [part]
         for piece in pieces:
             ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
-    return ids
+            if stop_after is not None and len(ids) > stop_after:
+                return ids, False
+    return ids, True
 
 
 def check_prompt_length(tokenizer, prompt: str, field: str = "prompt", truncate: bool = False) -> list[int]:
-    ids = prompt_token_ids(tokenizer, prompt)
+    # A long quoted span costs one tokenizer call per character: stop as soon as the answer is known.
+    ids, complete = _token_ids(tokenizer, prompt, stop_after=MAX_PROMPT_TOKENS)
     if len(ids) > MAX_PROMPT_TOKENS:
+        count = f"{len(ids)}" if complete else f"over {MAX_PROMPT_TOKENS} (at least {len(ids)})"
         if not truncate:
-            raise PromptTooLong(f"is {len(ids)} tokens; the model reads at most {MAX_PROMPT_TOKENS}", field)
-        log.warning("%s truncated from %d to %d tokens", field, len(ids), MAX_PROMPT_TOKENS)
+            raise PromptTooLong(f"is {count} tokens; the model reads at most {MAX_PROMPT_TOKENS}", field)
+        log.warning("%s truncated from %s to %d tokens", field, count, MAX_PROMPT_TOKENS)
         ids = ids[:MAX_PROMPT_TOKENS]
     return ids
 

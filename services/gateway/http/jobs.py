@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from longcat.api.bounds import shown
 from longcat.api.ids import check_event_id
 from longcat.errors import InvalidArgument
 from longcat.v1 import edit_pb2
@@ -46,7 +47,9 @@ def list_jobs(kind: str = Query("", description="edit | training (empty: both)")
     try:
         before = float(cursor) if cursor else 0.0
     except ValueError:
-        raise InvalidArgument(f"{cursor!r} is not a cursor this server handed out", "cursor") from None
+        before = -1.0
+    if not 0 <= before < float("inf"):  # nan, inf, negative: no time this server handed out
+        raise InvalidArgument(f"{shown(cursor)} is not a cursor this server handed out", "cursor")
     jobs = gw.list_jobs(who, KINDS[kind], STATES[state.lower()], limit + 1, before=before)
     page = jobs[:limit]
     return {"object": "list", "data": [job_json(j) for j in page],
