@@ -79,3 +79,15 @@ def test_tokenizer_file_errors_name_the_model(tmp_path):
     with pytest.raises(NotFound) as exc:
         prompts.tokenizer_file(str(tmp_path))
     assert exc.value.field == "model"
+
+
+def test_prompt_check_stops_once_over_the_limit(tiny_model_path):
+    """A long quoted span is one tokenizer call per character: the check stops past 512 ids, and truncation
+    keeps exactly the first 512 ids of the whole tokenization."""
+    from longcat.errors import PromptTooLong
+
+    fast = prompts.load_prompt_tokenizer(tiny_model_path)
+    quoted = "write '" + "ab" * 4000 + "' now"
+    with pytest.raises(PromptTooLong, match="over 512"):
+        prompts.check_prompt_length(fast, quoted)
+    assert prompts.check_prompt_length(fast, quoted, truncate=True) == prompts.prompt_token_ids(fast, quoted)[:512]

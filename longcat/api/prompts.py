@@ -90,9 +90,9 @@ def _token_ids(tokenizer, prompt: str, stop_after: int | None = None) -> tuple[l
     for part, quoted in split_quotation(prompt):
         pieces = list(part) if quoted else [part]
         for piece in pieces:
-            ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
-            if stop_after is not None and len(ids) > stop_after:
+            if stop_after is not None and len(ids) > stop_after:  # more pieces left: the count is a floor
                 return ids, False
+            ids.extend(tokenizer(piece, add_special_tokens=False)["input_ids"])
     return ids, True
 
 
