@@ -223,7 +223,9 @@ def start_http(core: GatewayCore, auth: ApiKeys, client, args: GatewaySettings, 
         except REDIS_ERRORS:
             return False
 
-    app = create_app(core, auth, ready=ready, max_request_bytes=args.max_message_mb << 20)
+    # An edit's body is one reference image plus form fields: over that, 413 from Content-Length, unread.
+    edit_body = (args.max_image_mb + 1) << 20
+    app = create_app(core, auth, ready=ready, max_request_bytes=min(args.max_message_mb << 20, edit_body))
     return HttpServer(app, args.host, args.http_port, threads=args.threads, grace_s=args.grace_s).start()
 
 
