@@ -402,6 +402,13 @@ def test_job_ids_and_cursors_name_the_field(target):
                                timeout=30))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details().startswith("after_event_id:")
+    from longcat.v1 import adapters_pb2_grpc
+
+    with pytest.raises(grpc.RpcError) as err:  # a name is echoed, but never past ~1.5 KB (trailer limits)
+        adapters_pb2_grpc.AdapterServiceStub(target.channel).GetAdapter(
+            adapters_pb2.GetAdapterRequest(name="😀" * 50_000), metadata=ALICE, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("name:")
+    assert len(err.value.details().encode()) < 1600
 
 
 def test_training_numbers_that_overflow_are_refused_without_a_job(target):

@@ -22,7 +22,9 @@ DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096
 INT32 = (-(1 << 31), (1 << 31) - 1)
 INT64 = (-(1 << 63), (1 << 63) - 1)  # seeds: any int64 (a random generator's seed, never a proto int32)
 ECHO_CHARS = 64     # a hostile value is shown at most this long in an error message
-MAX_MESSAGE_CHARS = 2000  # an error message as sent (gRPC trailers and HTTP bodies stay small)
+# An error message as sent, UTF-8 bytes: gRPC percent-encodes it into a trailer (<= 3 bytes a byte), and
+# clients refuse metadata over 8 KiB; HTTP bodies stay small too.
+MAX_MESSAGE_BYTES = 1500
 
 
 def shown(value: Any, limit: int = ECHO_CHARS) -> str:
@@ -36,8 +38,9 @@ def _length(value: Any) -> str:
         value, (bytes, bytearray)) else "cut"
 
 
-def cap_message(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
-    return message if len(message) <= limit else message[:limit] + "...(cut)"
+def cap_message(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    data = message.encode("utf-8", "replace")
+    return message if len(data) <= limit else data[:limit].decode("utf-8", "ignore") + "...(cut)"
 
 
 def check_prompt_chars(prompt: str, field: str, limit: int = DEFAULT_MAX_PROMPT_CHARS) -> None:
