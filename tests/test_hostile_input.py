@@ -176,7 +176,8 @@ def invalid_utf8(desc) -> st.SearchStrategy:
 
 def valid_requests(dataset: str) -> dict:
     config = {"output_dir": "hostile-out", "max_train_steps": 2, "learning_rate": 1e-4}
-    loader = [{"id": "edits", "instance_data_dir": dataset, "conditioning_data": "refs"},
+    loader = [{"id": "edits", "instance_data_dir": dataset, "conditioning_data": "refs",
+               "caption_strategy": "textfile"},
               {"id": "refs", "instance_data_dir": dataset + "-refs"}]
     return {
         "EditRequest": edit_pb2.EditRequest(image=SMALL_PNG, prompt="make the sky purple", width=64, height=64,
@@ -430,6 +431,11 @@ def test_training_numbers_that_overflow_are_refused_without_a_job(target):
         assert target.jobs() == before
     listed = stub.ListJobs(training_pb2.ListJobsRequest(), metadata=ALICE, timeout=30)
     assert all(j.adapter_name != "ghost" for j in listed.jobs)
+    # The control: the same request with an ordinary number is accepted (a job, handed to Celery's queue).
+    job = stub.SubmitTraining(base, metadata=ALICE, timeout=60)
+    assert job.total_steps == 2 and target.jobs() == before + 1
+    assert stub.GetJob(training_pb2.GetJobRequest(job_id=job.id) if hasattr(training_pb2, "GetJobRequest")
+                       else edit_pb2.GetJobRequest(job_id=job.id), metadata=ALICE, timeout=30).id == job.id
 
 
 def test_invalid_utf8_on_the_wire_is_invalid_argument(target):
