@@ -21,7 +21,7 @@ MAX_URL_CHARS = 2048
 def check_job_id(job_id: str, field: str = "job_id") -> str:
     """A well-formed id that names no job reads as any unknown job: NOT_FOUND naming the field."""
     if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
-        raise NotFound(f"no job {shown(job_id)} (job ids are 32 lowercase hex characters)", field)
+        raise NotFound(f"no job {shown(job_id)}", field)  # worded as for any unknown job: nothing leaks
     return job_id
 
 
