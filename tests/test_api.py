@@ -39,12 +39,29 @@ def test_size_rule_equals_diffusers(area, ratio):
 
 @pytest.mark.parametrize("prompt", [
     "make the sky purple", "write 'Hello' on the board", 'say "hi there" and ‘x’ and “y”', "it's Bob's 'cat'",
-    "", "''", "no 'closing quote",
+    "", "''", "no 'closing quote", "it's 'cat' and it's 'dog'", "'don't", "a'b'c 'd'",
 ])
 def test_split_quotation_equals_diffusers(prompt):
+    """Equal to diffusers' wherever diffusers keeps the text (at most one distinct word like "it's"); with
+    more, diffusers rewrites the words into copies of one of them (which one depends on PYTHONHASHSEED), ours
+    keeps them as written and quotes the same spans."""
     from diffusers.pipelines.longcat_image.pipeline_longcat_image_edit import split_quotation
 
-    assert prompts.split_quotation(prompt) == split_quotation(prompt)
+    ours, theirs = prompts.split_quotation(prompt), split_quotation(prompt)
+    if len(set(prompts._WORD_INTERNAL_QUOTE.findall(prompt))) <= 1:
+        assert ours == theirs
+    else:
+        assert "".join(p for p, _ in ours) == prompt
+        assert [q for _, q in ours] == [q for _, q in theirs]
+
+
+def test_split_quotation_is_linear():
+    """A 200,000-character prompt of distinct contractions and unclosed quotes splits in well under a second
+    (diffusers' placeholders grow with each distinct word: minutes). Bounded by work, not timed: the text comes
+    back whole."""
+    big = " ".join(f"{chr(97 + i % 26)}{chr(97 + i // 26 % 26)}'x" for i in range(40000)) + " '‘“" * 1000
+    parts = prompts.split_quotation(big)
+    assert "".join(p for p, _ in parts) == big
 
 
 def test_gateway_tokenizer_counts_the_pipeline_tokenizers_ids(tiny_model_path, tiny_components):
@@ -62,3 +79,15 @@ def test_tokenizer_file_errors_name_the_model(tmp_path):
     with pytest.raises(NotFound) as exc:
         prompts.tokenizer_file(str(tmp_path))
     assert exc.value.field == "model"
+
+
+def test_prompt_check_stops_once_over_the_limit(tiny_model_path):
+    """A long quoted span is one tokenizer call per character: the check stops past 512 ids, and truncation
+    keeps exactly the first 512 ids of the whole tokenization."""
+    from longcat.errors import PromptTooLong
+
+    fast = prompts.load_prompt_tokenizer(tiny_model_path)
+    quoted = "write '" + "ab" * 4000 + "' now"
+    with pytest.raises(PromptTooLong, match="over 512"):
+        prompts.check_prompt_length(fast, quoted)
+    assert prompts.check_prompt_length(fast, quoted, truncate=True) == prompts.prompt_token_ids(fast, quoted)[:512]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from longcat.api.bounds import DEFAULT_MAX_PROMPT_CHARS, check_image_bytes, check_prompt_chars
 from longcat.api.presets import check_preset
 from longcat.api.sizes import DEFAULT_AREA, Geometry, check_size, default_size
 from longcat.errors import InvalidArgument
@@ -24,6 +25,8 @@ class Limits:
     max_guidance: float = 30.0
     max_adapters: int = 8
     min_side: int = 64
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS  # each of prompt / negative_prompt, before tokenizing
+    max_image_bytes: int = 0               # encoded reference size; 0 = no limit (the gateway sets one)
 
 
 @dataclass
@@ -115,6 +118,8 @@ def check_adapters(adapters, limits: Limits, field: str = "adapters") -> list[Ad
 def resolve_image(image, limits: Limits, field: str = "image") -> Image.Image:
     if isinstance(image, Image.Image):
         return to_rgb(image, field=field)
+    if limits.max_image_bytes:
+        check_image_bytes(image, field, limits.max_image_bytes)
     return decode_image(image, field=field, max_pixels=limits.max_input_pixels)
 
 
@@ -132,6 +137,8 @@ def resolve_geometry(width: int, height: int, image_size: tuple[int, int], limit
 
 def validate_request(req: EditRequest, limits: Limits = Limits()) -> ValidatedRequest:
     """Check every field; raise :class:`InvalidArgument` naming the first field at fault."""
+    check_prompt_chars(req.prompt, "prompt", limits.max_prompt_chars)  # before anything reads them
+    check_prompt_chars(req.negative_prompt, "negative_prompt", limits.max_prompt_chars)
     prompt = check_prompt(req.prompt)
     negative = check_prompt(req.negative_prompt or "", "negative_prompt", required=False)
     steps = check_steps(req.num_inference_steps, limits)

@@ -69,6 +69,8 @@ def loads(text: str, field: str) -> Any:
         return json.loads(strip_jsonc(text))
     except json.JSONDecodeError as exc:
         raise InvalidArgument(f"is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", field) from exc
+    except RecursionError:  # nesting deeper than the parser's stack: the caller's input, not our failure
+        raise InvalidArgument("is nested too deeply", field) from None
 
 
 def load(source: str | os.PathLike | dict | list, field: str) -> tuple[Any, str | None]:

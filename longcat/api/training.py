@@ -18,6 +18,7 @@ from longcat.api.dataloader import DataloaderConfig, parse_dataloader
 from longcat.api.datasets import resolve_inside
 from longcat.api.names import validate_name
 from longcat.api.training_config import TrainingConfig, parse_config
+from longcat.errors import InvalidArgument
 from longcat.v1 import training_pb2
 
 ANONYMOUS = "anonymous"
@@ -54,8 +55,8 @@ class TrainingSubmission:
     @classmethod
     def from_request(cls, req: training_pb2.SubmitTrainingRequest, roots: Roots, owner: str,
                      job_id: str = "") -> "TrainingSubmission":
-        config = parse_config(jsonc.loads(req.config_json or "{}", "config_json"), field="config_json")
-        dataloader = parse_dataloader(jsonc.loads(req.dataloader_json or "[]", "dataloader_json"),
+        config = parse_config(json_shaped(req.config_json or "{}", "config_json", dict), field="config_json")
+        dataloader = parse_dataloader(json_shaped(req.dataloader_json or "[]", "dataloader_json", (list, dict)),
                                       field_name="dataloader_json")
         name = req.adapter_name or Path(config.output_dir).name
         validate_name(name, "adapter_name")
@@ -65,6 +66,15 @@ class TrainingSubmission:
             # and a redelivered job finds exactly its own. The adapter is published to the registry by name.
             config.output_dir = str(Path(config.output_dir) / job_id)
         return cls(config, dataloader, name)
+
+
+def json_shaped(text: str, field: str, shape):
+    """Parsed JSON of the expected shape (a bare number or string would be taken for a file path later)."""
+    value = jsonc.loads(text, field)
+    if not isinstance(value, shape):
+        raise InvalidArgument(f"must be a JSON {'object' if shape is dict else 'list (or an object)'}, "
+                              f"not {type(value).__name__}", field)
+    return value
 
 
 def confine(config: TrainingConfig, dataloader: DataloaderConfig, roots: Roots, owner: str) -> None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from longcat.api.bounds import clamp_int32
 from longcat.api.keys import EDIT_GROUP, Keys
 from longcat.errors import ResourceExhausted, Unavailable
 from longcat.jobs import scripts
@@ -88,7 +89,8 @@ class JobView:
             id=self.id, kind=edit_pb2.JobKind.Value(self.kind.upper()), state=edit_pb2.JobState.Value(self.state),
             reason=self.reason, error_code=self.error_code, created_at=self.created_at, started_at=self.started_at,
             finished_at=self.finished_at, queue_position=position, request_id=self.request_id,
-            adapter_name=self.adapter_name, step=self.step, total_steps=self.total_steps, attempts=self.attempts)
+            adapter_name=self.adapter_name, step=clamp_int32(self.step), total_steps=clamp_int32(self.total_steps),
+            attempts=clamp_int32(self.attempts))
         if self.state == "SUCCEEDED" and self.kind == "edit":
             t = self.timings
             job.result.CopyFrom(edit_pb2.EditResult(

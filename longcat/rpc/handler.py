@@ -14,6 +14,7 @@ import uuid
 
 import grpc
 
+from longcat.api.bounds import cap_message
 from longcat.errors import Cancelled, LongCatError
 from longcat.logs import request_id
 from longcat.rpc import metrics
@@ -53,7 +54,7 @@ def _abort(context, exc: BaseException):
     trailers = getattr(exc, "trailers", None)
     if trailers:  # e.g. a retry hint with RESOURCE_EXHAUSTED
         context.set_trailing_metadata(tuple((k, str(v)) for k, v in trailers.items()))
-    message = str(exc) if isinstance(exc, LongCatError) else f"internal error: {type(exc).__name__}"
+    message = cap_message(str(exc)) if isinstance(exc, LongCatError) else f"internal error: {type(exc).__name__}"
     context.abort(code, message)
 
 

@@ -12,6 +12,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from longcat.rpc import wire
+
 log = logging.getLogger("longcat.rpc.server")
 
 
@@ -21,7 +23,8 @@ class PortInUse(RuntimeError):
 
 class GrpcServer:
     def __init__(self, service_names: list[str], host: str = "0.0.0.0", port: int = 0,
-                 max_message_mb: int = 256, threads: int = 8, max_connection_age_s: float = 0):
+                 max_message_mb: int = 256, threads: int = 8, max_connection_age_s: float = 0,
+                 interceptors: tuple = ()):
         limit = max_message_mb * 1024 * 1024
         options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
                    ("grpc.so_reuseport", 0)]
@@ -29,10 +32,11 @@ class GrpcServer:
             # Clients reconnect now and then, and so re-resolve the name: new replicas get their share.
             options += [("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
                         ("grpc.max_connection_age_grace_ms", 60_000)]
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options,
+                                  interceptors=tuple(interceptors))
         self.service_names = list(service_names)
         self.health = health.HealthServicer(experimental_non_blocking=True)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        wire.register(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.server)  # junk: INVALID_ARGUMENT
         reflection.enable_server_reflection(
             self.service_names + [health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         try:

@@ -24,9 +24,11 @@ from longcat import errors
 from longcat.adapters import check as lora_check
 from longcat.adapters.check import ModelShapes, check_lora, diffusers_header_bytes, parse_peft_config
 from longcat.adapters.registry import AdapterInfo, AdapterRegistry
+from longcat.api.bounds import check_ints, check_json_chars
 from longcat.api.datasets import validate_datasets
 from longcat.api.edit import Limits, validate_request
 from longcat.api.edit_proto import priority_of, request_from_proto
+from longcat.api.ids import check_event_id, check_job_id, check_request_id, check_url_length
 from longcat.api.names import DIFFUSERS_WEIGHTS, PEFT_CONFIG, PEFT_WEIGHTS, validate_name
 from longcat.api.prompts import check_prompt_length
 from longcat.api.training import Roots, TrainingSubmission
@@ -86,7 +88,7 @@ class GatewayCore:
     # ---- jobs of either kind: visible only to their owner (others get NOT_FOUND: existence is not leaked) ----
 
     def _view(self, caller: Caller, job_id: str, kind: str | None):
-        view = self.store.get(job_id) if job_id else None
+        view = self.store.get(check_job_id(job_id))  # a malformed id never reaches a Redis key
         if view is None or view.owner != caller.owner or (kind and view.kind != kind):
             raise NotFound(f"no job {job_id!r}", "job_id")
         return view
@@ -97,6 +99,7 @@ class GatewayCore:
 
     def watch_job(self, caller: Caller, job_id: str, after_event_id: str, kind: str | None,
                   is_active: Callable[[], bool]) -> Iterator[edit_pb2.JobEvent]:
+        after_event_id = check_event_id(after_event_id)
         with redis_unavailable_as_error():
             self._view(caller, job_id, kind)
             yield from watch(self.store, job_id, after_event_id, is_active)
@@ -111,6 +114,10 @@ class GatewayCore:
                   before: float = 0.0) -> list[edit_pb2.Job]:
         """Newest first; ``before`` (a created_at): only older jobs, the next page."""
         limit = limit if 0 < limit <= 1000 else 100
+        if kind and kind not in KINDS:  # proto3 enums are open: an unknown number arrives as it is
+            raise InvalidArgument(f"must be EDIT or TRAINING (or unset), got {kind}", "kind")
+        if state not in edit_pb2.JobState.values():
+            raise InvalidArgument(f"is not a job state, got {state}", "state")
         state_name = "" if state == edit_pb2.JOB_STATE_UNSPECIFIED else edit_pb2.JobState.Name(state)
         with redis_unavailable_as_error():
             views = self.store.list(caller.owner, KINDS.get(kind, ""), state_name, 1000 if before else limit)
@@ -122,6 +129,7 @@ class GatewayCore:
     def _check_callback(self, url: str) -> None:
         if not url:
             return
+        check_url_length(url, "callback_url")
         if self.webhooks is None:
             raise InvalidArgument("this gateway calls no webhooks", "callback_url")
         self.webhooks.check(url, "callback_url")
@@ -134,6 +142,7 @@ class GatewayCore:
 
     def submit_edit(self, caller: Caller, request: edit_pb2.EditRequest, deadline: float = 0.0) -> edit_pb2.Job:
         """Validate (the engine's own rules), resolve the seed, queue. ``deadline``: epoch seconds, 0 = none."""
+        check_request_id(request.request_id)
         req = validate_request(request_from_proto(request), self.config.limits)
         priority = priority_of(request)  # routed to that priority's stream
         self._check_callback(request.callback_url)
@@ -186,7 +195,13 @@ class GatewayCore:
         if self.dispatch is None:
             raise Unavailable("this gateway accepts no training jobs: it runs without Celery (install "
                               "longcat-edit-stack[train] on it)")
+        check_request_id(request.request_id)
+        check_json_chars(request.config_json, "config_json")
+        check_json_chars(request.dataloader_json, "dataloader_json")
         submission = TrainingSubmission.from_request(request, self.roots, caller.owner)
+        # Every number of the job fits what it is stored and reported as (proto int32): no ghost job later.
+        check_ints(submission.config, "config_json")
+        check_ints(submission.dataloader, "dataloader_json")
         # Every dataset problem at once (names paired both ways, captions, decodable images, separate caches).
         validate_datasets(submission.dataloader, submission.config.use_reference_captions, tokenizer=self.tokenizer)
         self._check_callback(request.callback_url)

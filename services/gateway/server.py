@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2
 from longcat.adapters.check import ModelShapes
 from longcat.adapters.registry import AdapterRegistry
 from longcat.adapters.store import AdapterStore
+from longcat.api.bounds import DEFAULT_MAX_IMAGE_BYTES, DEFAULT_MAX_INPUT_PIXELS, DEFAULT_MAX_PROMPT_CHARS
 from longcat.api.edit import Limits
 from longcat.api.keys import Keys
 from longcat.api.prompts import load_prompt_tokenizer
@@ -21,12 +22,14 @@ from longcat.jobs.connection import REDIS_ERRORS, connect
 from longcat.jobs.store import JobStore
 from longcat.logs import setup_logging
 from longcat.redact import redact_url
+from longcat.rpc import wire
 from longcat.rpc.config import EnvDefaults, ServerSettings, add_server_args
 from longcat.rpc.metrics import serve_metrics
 from longcat.rpc.server import GrpcServer
 from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc, training_pb2_grpc
 from services.gateway import adapters, edit, training
 from services.gateway.auth import ApiKeys
+from services.gateway.auth_first import AuthFirst
 from services.gateway.core import GatewayConfig, GatewayCore
 from services.gateway.webhooks import Webhooks
 
@@ -66,6 +69,12 @@ def build_parser(parser=None):
     p.add_argument("--max-queue", type=int, default=1000, help="edit jobs waiting before RESOURCE_EXHAUSTED")
     p.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest output (width x height)")
     p.add_argument("--max-steps", type=int, default=200, help="most denoising steps a request may ask for")
+    p.add_argument("--max-prompt-chars", type=int, default=DEFAULT_MAX_PROMPT_CHARS,
+                   help="longest prompt / negative prompt, characters (checked before tokenizing)")
+    p.add_argument("--max-image-mb", type=int, default=DEFAULT_MAX_IMAGE_BYTES >> 20,
+                   help="largest reference image, MiB (encoded)")
+    p.add_argument("--max-input-pixels", type=int, default=DEFAULT_MAX_INPUT_PIXELS,
+                   help="largest reference image, pixels (read from its header before decoding)")
     p.add_argument("--data-root", default="~/.cache/longcat/data",
                    help="datasets (and their caches) of training jobs must lie inside (shared with trainers)")
     p.add_argument("--output-root", default="~/.cache/longcat/outputs", help="training outputs must lie inside")
@@ -95,6 +104,9 @@ class GatewaySettings(ServerSettings):
     max_queue: int
     max_pixels: int
     max_steps: int
+    max_prompt_chars: int
+    max_image_mb: int
+    max_input_pixels: int
     data_root: str
     output_root: str
     max_upload_mb: int
@@ -159,7 +171,8 @@ def serve(args: GatewaySettings) -> None:
         except LongCatError as exc:  # a hub id, say: serve anyway, refuse uploads with a clear message
             log.warning("adapter uploads are off: no local transformer weights to check them against",
                         extra={"model": args.model, "error": str(exc)})
-    limits = Limits(max_pixels=args.max_pixels, max_steps=args.max_steps)
+    limits = Limits(max_pixels=args.max_pixels, max_steps=args.max_steps, max_prompt_chars=args.max_prompt_chars,
+                    max_image_bytes=args.max_image_mb << 20, max_input_pixels=args.max_input_pixels)
     registry = AdapterRegistry(client, AdapterStore(os.path.expanduser(args.adapter_dir)), keys)
 
     roots = Roots.make(args.data_root, args.output_root, per_owner=auth.enabled)
@@ -170,11 +183,15 @@ def serve(args: GatewaySettings) -> None:
                                             max_adapter_bytes=args.max_adapter_mb * 1024 * 1024),
                        roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer, model_shapes=shapes,
                        webhooks=Webhooks.from_flag(store, args.callback_hosts))
-    server = GrpcServer([edit.SERVICE, training.SERVICE, adapters.SERVICE], args.host, args.port,
-                        args.max_message_mb, args.threads)
-    edit_pb2_grpc.add_EditServiceServicer_to_server(edit.EditServicer(core, auth), server.server)
-    training_pb2_grpc.add_TrainingServiceServicer_to_server(training.TrainingServicer(core, auth), server.server)
-    adapters_pb2_grpc.add_AdapterServiceServicer_to_server(adapters.AdapterServicer(core, auth), server.server)
+    services = [edit.SERVICE, training.SERVICE, adapters.SERVICE]
+    server = GrpcServer(services, args.host, args.port, args.max_message_mb, args.threads,
+                        interceptors=[AuthFirst(auth, services)])  # no key: refused before the body is read
+    # Request bytes that do not parse answer INVALID_ARGUMENT (wire.py), not grpc's INTERNAL.
+    wire.register(edit_pb2_grpc.add_EditServiceServicer_to_server, edit.EditServicer(core, auth), server.server)
+    wire.register(training_pb2_grpc.add_TrainingServiceServicer_to_server, training.TrainingServicer(core, auth),
+                  server.server)
+    wire.register(adapters_pb2_grpc.add_AdapterServiceServicer_to_server, adapters.AdapterServicer(core, auth),
+                  server.server)
     stop = threading.Event()
     doors = {}
 
@@ -209,7 +226,9 @@ def start_http(core: GatewayCore, auth: ApiKeys, client, args: GatewaySettings, 
         except REDIS_ERRORS:
             return False
 
-    app = create_app(core, auth, ready=ready, max_request_bytes=args.max_message_mb << 20)
+    # An edit's body is one reference image plus form fields: over that, 413 from Content-Length, unread.
+    edit_body = (args.max_image_mb + 1) << 20
+    app = create_app(core, auth, ready=ready, max_request_bytes=min(args.max_message_mb << 20, edit_body))
     return HttpServer(app, args.host, args.http_port, threads=args.threads, grace_s=args.grace_s).start()
 
 

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from longcat.api.bounds import cap_message
 from longcat.errors import LongCatError
 
 HTTP_STATUS = {
@@ -38,7 +39,7 @@ class NotYet(LongCatError):
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": ERROR_TYPE.get(status, "server_error"), "param": param,
+    return {"error": {"message": cap_message(message), "type": ERROR_TYPE.get(status, "server_error"), "param": param,
                       "code": code}}
 
 

@@ -11,6 +11,8 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
+from longcat.api.bounds import shown
+from longcat.api.ids import check_event_id
 from longcat.errors import InvalidArgument
 from longcat.v1 import edit_pb2
 from services.gateway.core import Caller, GatewayCore
@@ -45,7 +47,9 @@ def list_jobs(kind: str = Query("", description="edit | training (empty: both)")
     try:
         before = float(cursor) if cursor else 0.0
     except ValueError:
-        raise InvalidArgument(f"{cursor!r} is not a cursor this server handed out", "cursor") from None
+        before = -1.0
+    if not 0 <= before < float("inf"):  # nan, inf, negative: no time this server handed out
+        raise InvalidArgument(f"{shown(cursor)} is not a cursor this server handed out", "cursor")
     jobs = gw.list_jobs(who, KINDS[kind], STATES[state.lower()], limit + 1, before=before)
     page = jobs[:limit]
     return {"object": "list", "data": [job_json(j) for j in page],
@@ -74,11 +78,13 @@ def job_result(job_id: str, who: Caller = Depends(caller), gw: GatewayCore = Dep
 async def job_events(request: Request, job_id: str, last_event_id: str = Header("", alias="Last-Event-ID"),
                      after: str = Query("", description="resume after this event id (as Last-Event-ID)"),
                      who: Caller = Depends(caller), gw: GatewayCore = Depends(core)):
-    job = await run_in_threadpool(gw.get_job, who, job_id)  # 404 before the stream starts
+    # A bad cursor and an unknown job are answered before the stream starts (a 200 cannot become a 400 later).
+    cursor = check_event_id(last_event_id or after, "Last-Event-ID" if last_event_id else "after")
+    job = await run_in_threadpool(gw.get_job, who, job_id)
     kind = edit_pb2.JobKind.Name(job.kind).lower()
     active = threading.Event()
     active.set()
-    events = gw.watch_job(who, job_id, last_event_id or after or "0", kind, active.is_set)
+    events = gw.watch_job(who, job_id, cursor, kind, active.is_set)
 
     async def stream():
         try:

@@ -13,6 +13,7 @@ from typing import Optional
 from fastapi import APIRouter, Depends, File, Form, UploadFile
 
 from longcat.api import jsonc
+from longcat.api.bounds import check_json_chars
 from longcat.api.names import validate_name
 from longcat.errors import InvalidArgument
 from longcat.v1 import training_pb2
@@ -38,6 +39,8 @@ def submit_training(
     callback_progress: bool = Form(False, description="POST the loss and validation events too."),
     who: Caller = Depends(caller), gw: GatewayCore = Depends(core),
 ) -> dict:
+    check_json_chars(config, "config")
+    check_json_chars(dataloader, "dataloader")
     cfg = jsonc.loads(config, "config")
     loader = jsonc.loads(dataloader, "dataloader")
     if not isinstance(cfg, dict):
