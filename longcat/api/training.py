@@ -16,6 +16,7 @@ from pathlib import Path
 from longcat.api import jsonc
 from longcat.api.dataloader import DataloaderConfig, parse_dataloader
 from longcat.api.datasets import resolve_inside
+from longcat.api.models import check_model_reference
 from longcat.api.names import validate_name
 from longcat.api.training_config import TrainingConfig, parse_config
 from longcat.v1 import training_pb2
@@ -55,6 +56,7 @@ class TrainingSubmission:
     def from_request(cls, req: training_pb2.SubmitTrainingRequest, roots: Roots, owner: str,
                      job_id: str = "") -> "TrainingSubmission":
         config = parse_config(jsonc.loads(req.config_json or "{}", "config_json"), field="config_json")
+        check_model_reference(config.pretrained_model_name_or_path, "config_json.pretrained_model_name_or_path")
         dataloader = parse_dataloader(jsonc.loads(req.dataloader_json or "[]", "dataloader_json"),
                                       field_name="dataloader_json")
         name = req.adapter_name or Path(config.output_dir).name
@@ -70,6 +72,7 @@ class TrainingSubmission:
 def confine(config: TrainingConfig, dataloader: DataloaderConfig, roots: Roots, owner: str) -> None:
     """Resolve every path of the job inside the caller's areas (in place), or raise INVALID_ARGUMENT."""
     data = [roots.data_area(owner)]
+    dataloader.roots = tuple(data)  # and every file under the dataset folders (symlinks resolved) in there too
     for i, ds in enumerate(dataloader.datasets):
         ds.instance_data_dir = str(resolve_inside(ds.instance_data_dir, data,
                                                   f"dataloader_json[{i}].instance_data_dir"))

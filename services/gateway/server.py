@@ -62,6 +62,10 @@ def build_parser(parser=None):
     p.add_argument("--api-keys-file", default="", help="API keys: JSON {key: owner} or lines owner:key "
                                                        "(also LONGCAT_API_KEYS=owner:key,...); none = auth off")
     p.add_argument("--max-queue", type=int, default=1000, help="edit jobs waiting before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-active-per-tenant", type=int, default=250,
+                   help="queued + running edit jobs one caller (API key owner) may have; 0 = no per-tenant limit")
+    p.add_argument("--max-training-per-tenant", type=int, default=10,
+                   help="queued + running training jobs one caller may have; 0 = no per-tenant limit")
     p.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest output (width x height)")
     p.add_argument("--max-steps", type=int, default=200, help="most denoising steps a request may ask for")
     p.add_argument("--data-root", default="~/.cache/longcat/data",
@@ -90,6 +94,8 @@ class GatewaySettings(ServerSettings):
     model: str
     api_keys_file: str
     max_queue: int
+    max_active_per_tenant: int
+    max_training_per_tenant: int
     max_pixels: int
     max_steps: int
     data_root: str
@@ -163,6 +169,8 @@ def serve(args: GatewaySettings) -> None:
     dispatch = training_dispatch(args.redis_url)
 
     core = GatewayCore(store, GatewayConfig(limits, max_queue=args.max_queue,
+                                            max_active_per_tenant=args.max_active_per_tenant,
+                                            max_training_per_tenant=args.max_training_per_tenant,
                                             max_upload_bytes=args.max_upload_mb * 1024 * 1024,
                                             max_adapter_bytes=args.max_adapter_mb * 1024 * 1024),
                        roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer, model_shapes=shapes,
