@@ -171,6 +171,13 @@ def test_dataset_files_symlinked_out_of_the_data_root_are_refused(gw, tmp_path):
     assert "cache_dir_vae" in err.details(), err.details()
 
 
+def test_a_checkpoint_to_resume_from_outside_the_callers_outputs_is_refused(gw, tmp_path):
+    for resume in (str(tmp_path), "../bob/runs/x/checkpoint-2", str(gw.out / "bob")):
+        err = _refused(gw, gw.train.SubmitTraining, _training(resume_from_checkpoint=resume), metadata=ALICE,
+                       code=grpc.StatusCode.INVALID_ARGUMENT)
+        assert "resume_from_checkpoint" in err.details(), err.details()
+
+
 # --- per-tenant quotas ------------------------------------------------------------------------------------
 
 def test_one_tenant_at_its_edit_quota_does_not_stop_another(gw):

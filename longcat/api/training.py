@@ -82,3 +82,8 @@ def confine(config: TrainingConfig, dataloader: DataloaderConfig, roots: Roots, 
         dataloader.text_cache_dir = str(resolve_inside(dataloader.text_cache_dir, data,
                                                        "dataloader_json.text_embeds.cache_dir"))
     config.output_dir = str(resolve_inside(config.output_dir, [roots.output_area(owner)], "config_json.output_dir"))
+    resume = config.resume_from_checkpoint
+    if resume and resume != "latest" and (os.path.isabs(resume) or "/" in resume or os.sep in resume):
+        # A checkpoint folder to start from: only one of the caller's own outputs (never another tenant's).
+        config.resume_from_checkpoint = str(resolve_inside(resume, [roots.output_area(owner)],
+                                                           "config_json.resume_from_checkpoint"))
