@@ -66,8 +66,8 @@ class GatewayConfig:
     max_queue: int = 1000           # edit jobs waiting before RESOURCE_EXHAUSTED
     max_training_queue: int = 100
     retry_after_s: float = 2.0      # hint sent with RESOURCE_EXHAUSTED
-    max_active_per_tenant: int = 250    # one owner's queued + running edits (0 = no per-tenant limit)
-    max_training_per_tenant: int = 10   # one owner's queued + running training jobs (0 = none)
+    max_active_per_tenant: int = 250    # one API key owner's queued + running edits (0 = no per-tenant limit)
+    max_training_per_tenant: int = 10   # one API key owner's queued + running training jobs (0 = none)
     max_upload_bytes: int = 4096 << 20
     max_adapter_bytes: int = 2048 << 20   # largest uploaded LoRA file
 
@@ -152,7 +152,7 @@ class GatewayCore:
                                                    fields={"total_steps": req.num_inference_steps,
                                                            "priority": priority}, priority=priority,
                                                    payload_hash=payload_hash("edit", request),
-                                                   max_active=self.config.max_active_per_tenant)
+                                                   max_active=self._quota(caller, "edit"))
             self._follow_callback(caller, job_id, request.callback_url, request.callback_progress, created)
             return self.store.to_proto(self.store.get(job_id))
 
@@ -176,6 +176,13 @@ class GatewayCore:
         if view.error_code == "DEADLINE_EXCEEDED":
             raise DeadlineExceeded(view.reason)
         raise JobFailed(view)
+
+    def _quota(self, caller: Caller, kind: str) -> int:
+        """Per-tenant limits apply to API key owners; with keys off there is one caller, and the global
+        queue limit is the only one."""
+        if not caller.authenticated:
+            return 0
+        return self.config.max_active_per_tenant if kind == "edit" else self.config.max_training_per_tenant
 
     @contextlib.contextmanager
     def _retry_hint(self):
@@ -206,7 +213,7 @@ class GatewayCore:
                     max_queue=self.config.max_training_queue,
                     fields={"adapter_name": submission.adapter_name, "per_owner": int(self.roots.per_owner),
                             "total_steps": submission.config.max_train_steps or 0},
-                    payload_hash=payload_hash("training", request), max_active=self.config.max_training_per_tenant)
+                    payload_hash=payload_hash("training", request), max_active=self._quota(caller, "training"))
             except NotReplicated as exc:  # recorded but not confirmed: hand it over anyway, so that a retry
                 if exc.created:           # with the same request_id (which returns this job) finds it running
                     self.dispatch(exc.job_id)

@@ -63,9 +63,10 @@ def build_parser(parser=None):
                                                        "(also LONGCAT_API_KEYS=owner:key,...); none = auth off")
     p.add_argument("--max-queue", type=int, default=1000, help="edit jobs waiting before RESOURCE_EXHAUSTED")
     p.add_argument("--max-active-per-tenant", type=int, default=250,
-                   help="queued + running edit jobs one caller (API key owner) may have; 0 = no per-tenant limit")
+                   help="queued + running edit jobs one API key owner may have (with API keys on; --max-queue "
+                        "still bounds them all); 0 = no per-tenant limit")
     p.add_argument("--max-training-per-tenant", type=int, default=10,
-                   help="queued + running training jobs one caller may have; 0 = no per-tenant limit")
+                   help="queued + running training jobs one API key owner may have; 0 = no per-tenant limit")
     p.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest output (width x height)")
     p.add_argument("--max-steps", type=int, default=200, help="most denoising steps a request may ask for")
     p.add_argument("--data-root", default="~/.cache/longcat/data",
