@@ -47,6 +47,9 @@ class DataloaderConfig:
     text_cache_dir: str | None = None   # from a {"dataset_type": "text_embeds", "cache_dir": ...} entry
     source: str | None = None
     warnings: list[str] = field(default_factory=list, repr=False)
+    # Set when the paths arrived over the network (api.training.confine): every file read must resolve inside
+    # these folders (a symlink leading out of them is refused). Empty: a local run, no confinement.
+    roots: tuple = ()
 
     def by_id(self) -> dict[str, DatasetConfig]:
         return {d.id: d for d in self.datasets}

@@ -36,6 +36,7 @@ class Pair:
     caption: str
     edit_dataset: DatasetConfig
     reference_dataset: DatasetConfig
+    roots: tuple = ()            # the folders its files must stay inside when read (see read_inside)
 
 
 @dataclass
@@ -57,7 +58,7 @@ def validate_datasets(dataloader: DataloaderConfig, use_reference_captions: bool
 
     listings: dict[str, dict[str, Path]] = {}
     for ds in dataloader.datasets:
-        listings[ds.id] = _list_images(ds, problems)
+        listings[ds.id] = _list_images(ds, problems, dataloader.roots)
 
     # Pair each edit dataset with its reference dataset; a reference dataset may serve several.
     edits_of: dict[str, list[DatasetConfig]] = defaultdict(list)
@@ -81,9 +82,10 @@ def validate_datasets(dataloader: DataloaderConfig, use_reference_captions: bool
                                                     f"({ref.instance_data_dir})"))
                 continue
             caption = _caption(edit, ref, name, edit_images[name], ref_images[name], use_reference_captions,
-                               problems, tokenizer)
+                               problems, tokenizer, dataloader.roots)
             if caption is not None:
-                pairs.append(Pair(name, edit_images[name], ref_images[name], caption, edit, ref))
+                pairs.append(Pair(name, _real(edit_images[name], dataloader.roots),
+                                  _real(ref_images[name], dataloader.roots), caption, edit, ref, dataloader.roots))
 
     for ref_id, edits in edits_of.items():
         ref_images = listings.get(ref_id) or {}
@@ -144,7 +146,7 @@ def _check_cache_dirs(datasets: list[DatasetConfig], problems: list[Problem]) ->
             owners[real] = ds.id
 
 
-def _list_images(ds: DatasetConfig, problems: list[Problem]) -> dict[str, Path] | None:
+def _list_images(ds: DatasetConfig, problems: list[Problem], roots: tuple = ()) -> dict[str, Path] | None:
     """{relative name without extension: path} of every image under the dataset folder, or None if unusable."""
     root = Path(ds.instance_data_dir)
     if not root.is_dir():
@@ -159,6 +161,10 @@ def _list_images(ds: DatasetConfig, problems: list[Problem]) -> dict[str, Path] 
                 continue
             path = Path(dirpath) / fname
             name = path.relative_to(root).with_suffix("").as_posix()
+            if roots and not _inside(path, roots):
+                problems.append(Problem(f"{ds.label}.instance_data_dir", f"{name}: {fname} is a symlink leading "
+                                                                         "outside the data folders (refused)"))
+                continue
             if name in found:
                 problems.append(Problem(ds.label, f"{name}: several images share this name ({found[name].name}, "
                                                   f"{fname}); pairs are matched by name"))
@@ -170,9 +176,11 @@ def _list_images(ds: DatasetConfig, problems: list[Problem]) -> dict[str, Path] 
     return found
 
 
-def _read_caption(image_path: Path) -> tuple[str | None, str | None]:
+def _read_caption(image_path: Path, roots: tuple = ()) -> tuple[str | None, str | None]:
     """(caption, problem) from ``<name>.txt`` beside the image."""
     path = image_path.with_suffix(CAPTION_EXTENSION)
+    if roots and path.is_symlink() and not _inside(path, roots):
+        return None, f"caption file {path.name} is a symlink leading outside the data folders (refused)"
     if not path.is_file():
         return None, f"caption file {path.name} is missing"
     try:
@@ -186,13 +194,14 @@ def _read_caption(image_path: Path) -> tuple[str | None, str | None]:
     return text, None
 
 
-def _caption(edit, ref, name, edit_path, ref_path, use_reference_captions, problems, tokenizer) -> str | None:
+def _caption(edit, ref, name, edit_path, ref_path, use_reference_captions, problems, tokenizer,
+             roots: tuple = ()) -> str | None:
     # Reference captions replace edit captions only when asked (the quickstart: usually not wanted).
     if use_reference_captions and ref.caption_strategy == "textfile":
-        text, _ = _read_caption(ref_path)
+        text, _ = _read_caption(ref_path, roots)
         if text is not None:
             return _check_length(text, edit, name, problems, tokenizer)
-    text, problem = _read_caption(edit_path)
+    text, problem = _read_caption(edit_path, roots)
     if problem:
         problems.append(Problem(edit.label, f"{name}: {problem}"))
         return None
@@ -227,6 +236,34 @@ def _check_images(pairs: list[Pair], listings, problems: list[Problem], warnings
         if a and b and abs(a[0] / a[1] - b[0] / b[1]) > 0.01:
             warnings.append(f"{p.name}: edit is {a[0]}x{a[1]} but reference is {b[0]}x{b[1]}; each is center-"
                             "cropped to the same bucket separately")
+
+
+def _inside(path: Path, roots: tuple) -> bool:
+    """``path`` with every symlink resolved lies inside one of ``roots`` (themselves resolved)."""
+    real = Path(os.path.realpath(path))
+    return any(real == Path(os.path.realpath(r)) or real.is_relative_to(os.path.realpath(r)) for r in roots)
+
+
+def _real(path: Path, roots: tuple) -> Path:
+    """Confined pairs carry their files' resolved paths: what was checked is what gets read."""
+    return Path(os.path.realpath(path)) if roots else path
+
+
+def read_inside(path: str | os.PathLike, roots: tuple = (), field: str = "image") -> bytes:
+    """A dataset file's bytes for the trainer. With ``roots`` (a confined job): the path must still resolve
+    inside them, and the file is opened without following a symlink (one swapped in after the submission was
+    checked is refused, not followed)."""
+    if not roots:
+        return Path(path).read_bytes()
+    real = os.path.realpath(path)
+    if not _inside(Path(real), roots):
+        raise InvalidArgument(f"{os.fspath(path)!r} leads outside the data folders", field)
+    try:
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise InvalidArgument(f"{os.fspath(path)!r} cannot be read ({exc.strerror or exc})", field) from exc
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
 
 
 def resolve_inside(path: str | os.PathLike, roots: Iterable[str | os.PathLike], field: str) -> Path:

@@ -62,6 +62,12 @@ class Keys:
     def owner_jobs(self, owner: str) -> str:
         return f"{self.ns}:owner:{owner}:jobs"
 
+    def owner_active(self, owner: str, kind: str) -> str:  # set of the owner's QUEUED + RUNNING jobs of a kind
+        return f"{self.ns}:owner:{owner}:active:{kind}"
+
+    def idempotency_payload(self, owner: str, request_id: str) -> str:  # the first request's payload hash
+        return f"{self.ns}:idem:{owner}:{request_id}:payload"
+
     @property
     def adapters(self) -> str:
         return f"{self.ns}:adapters"

@@ -16,6 +16,7 @@ from pathlib import Path
 from longcat.api import jsonc
 from longcat.api.dataloader import DataloaderConfig, parse_dataloader
 from longcat.api.datasets import resolve_inside
+from longcat.api.models import check_model_reference
 from longcat.api.names import validate_name
 from longcat.api.training_config import TrainingConfig, parse_config
 from longcat.errors import InvalidArgument
@@ -56,6 +57,7 @@ class TrainingSubmission:
     def from_request(cls, req: training_pb2.SubmitTrainingRequest, roots: Roots, owner: str,
                      job_id: str = "") -> "TrainingSubmission":
         config = parse_config(json_shaped(req.config_json or "{}", "config_json", dict), field="config_json")
+        check_model_reference(config.pretrained_model_name_or_path, "config_json.pretrained_model_name_or_path")
         dataloader = parse_dataloader(json_shaped(req.dataloader_json or "[]", "dataloader_json", (list, dict)),
                                       field_name="dataloader_json")
         name = req.adapter_name or Path(config.output_dir).name
@@ -80,6 +82,7 @@ def json_shaped(text: str, field: str, shape):
 def confine(config: TrainingConfig, dataloader: DataloaderConfig, roots: Roots, owner: str) -> None:
     """Resolve every path of the job inside the caller's areas (in place), or raise INVALID_ARGUMENT."""
     data = [roots.data_area(owner)]
+    dataloader.roots = tuple(data)  # and every file under the dataset folders (symlinks resolved) in there too
     for i, ds in enumerate(dataloader.datasets):
         ds.instance_data_dir = str(resolve_inside(ds.instance_data_dir, data,
                                                   f"dataloader_json[{i}].instance_data_dir"))
@@ -89,3 +92,8 @@ def confine(config: TrainingConfig, dataloader: DataloaderConfig, roots: Roots, 
         dataloader.text_cache_dir = str(resolve_inside(dataloader.text_cache_dir, data,
                                                        "dataloader_json.text_embeds.cache_dir"))
     config.output_dir = str(resolve_inside(config.output_dir, [roots.output_area(owner)], "config_json.output_dir"))
+    resume = config.resume_from_checkpoint
+    if resume and resume != "latest" and (os.path.isabs(resume) or "/" in resume or os.sep in resume):
+        # A checkpoint folder to start from: only one of the caller's own outputs (never another tenant's).
+        config.resume_from_checkpoint = str(resolve_inside(resume, [roots.output_area(owner)],
+                                                           "config_json.resume_from_checkpoint"))

@@ -1,12 +1,40 @@
 """Lua scripts for every job state change: atomic with its event, guarded by state and fencing token."""
 
-# KEYS: idem, job, request, queue(zset), stream, events, seq, owner_jobs
+# A job counts against its owner's quota from SUBMIT until its terminal state: the job hash names the owner's
+# active set ('active'); every terminal transition takes the job out of it (in the same atomic step).
+RELEASE_ACTIVE = """
+local function release_active(job_key)
+  local active = redis.call('HGET', job_key, 'active')
+  if active then redis.call('SREM', active, redis.call('HGET', job_key, 'id') or '') end
+end
+"""
+
+# KEYS: idem, job, request, queue(zset), stream, events, seq, owner_jobs, idem payload hash, owner active set
 # ARGV: job_id, max_queue, request_bytes, idem_ttl, now, use_idem(0/1), enqueue(0/1), to_stream(0/1),
-#       field, value, ...
+#       payload_hash, max_active (0 = none), job key prefix, field, value, ...
+# -> {1, job, position} created | {0, job, 0} the same request again | {-1, '', depth} queue full |
+#    {-2, '', active} the owner's quota is full | {-3, job, 0} request_id already used with another payload
 SUBMIT = """
 if ARGV[6] == '1' then
   local existing = redis.call('GET', KEYS[1])
-  if existing then return {0, existing, 0} end
+  if existing then
+    local hash = redis.call('GET', KEYS[9])
+    if hash and hash ~= '' and ARGV[9] ~= '' and hash ~= ARGV[9] then return {-3, existing, 0} end
+    return {0, existing, 0}
+  end
+end
+local max_active = tonumber(ARGV[10])
+if max_active > 0 then
+  local active = redis.call('SCARD', KEYS[10])
+  if active >= max_active then
+    -- Self-healing: drop members whose job is gone or already terminal (a flushed or restored Redis).
+    for _, id in ipairs(redis.call('SMEMBERS', KEYS[10])) do
+      local st = redis.call('HGET', ARGV[11] .. id, 'state')
+      if st ~= 'QUEUED' and st ~= 'RUNNING' then redis.call('SREM', KEYS[10], id) end
+    end
+    active = redis.call('SCARD', KEYS[10])
+    if active >= max_active then return {-2, '', active} end
+  end
 end
 local enqueue = ARGV[7] == '1'
 if enqueue then
@@ -15,8 +43,9 @@ if enqueue then
 end
 local seq = redis.call('INCR', KEYS[7])
 local fields = {}
-for i = 9, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[2], 'seq', seq, unpack(fields))
+for i = 12, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[2], 'seq', seq, 'active', KEYS[10], unpack(fields))
+redis.call('SADD', KEYS[10], ARGV[1])
 redis.call('SET', KEYS[3], ARGV[3])
 redis.call('ZADD', KEYS[8], ARGV[5], ARGV[1])
 local pos = 0
@@ -27,7 +56,10 @@ if enqueue then
 end
 redis.call('XADD', KEYS[6], 'MAXLEN', '~', 10000, '*', 'kind', 'queued', 'state', 'QUEUED', 'position', pos,
            'time', ARGV[5])
-if ARGV[6] == '1' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4]) end
+if ARGV[6] == '1' then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
+  redis.call('SET', KEYS[9], ARGV[9], 'EX', ARGV[4])
+end
 return {1, ARGV[1], pos}
 """
 
@@ -35,7 +67,7 @@ return {1, ARGV[1], pos}
 # ARGV: job_id, token, now, max_attempts, ttl
 # -> {outcome, attempts}; outcome: RUNNING (run it), EXPIRED / DEAD (made terminal here), a terminal state
 #    (nothing to do), or MISSING.
-CLAIM = """
+CLAIM = RELEASE_ACTIVE + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'MISSING', 0} end
 if state ~= 'QUEUED' and state ~= 'RUNNING' then return {state, 0} end
@@ -44,6 +76,7 @@ local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
 local function finish(st, code, reason)
   redis.call('HSET', KEYS[1], 'state', st, 'error_code', code, 'reason', reason, 'finished_at', ARGV[3])
   redis.call('HDEL', KEYS[1], 'worker')
+  release_active(KEYS[1])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'kind', 'terminal', 'state', st, 'time', ARGV[3])
   for _, k in ipairs({KEYS[1], KEYS[3]}) do redis.call('EXPIRE', k, ARGV[5]) end
 end
@@ -71,7 +104,7 @@ return {'RUNNING', attempts}
 # KEYS: job, events, request
 # ARGV: token, state, now, error_code, reason, ttl, field, value, ...
 # -> 1 when this worker's result was recorded, 0 when the job is no longer this worker's (fencing).
-FINISH = """
+FINISH = RELEASE_ACTIVE + """
 if redis.call('HGET', KEYS[1], 'state') ~= 'RUNNING' or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then
   return 0
 end
@@ -80,6 +113,7 @@ for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'finished_at', ARGV[3], 'error_code', ARGV[4], 'reason', ARGV[5])
 if #fields > 0 then redis.call('HSET', KEYS[1], unpack(fields)) end
 redis.call('HDEL', KEYS[1], 'worker')
+release_active(KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 10000, '*', 'kind', 'terminal', 'state', ARGV[2], 'time', ARGV[3])
 for _, k in ipairs(KEYS) do redis.call('EXPIRE', k, ARGV[6]) end
 return 1
@@ -87,13 +121,14 @@ return 1
 
 # KEYS: job, queue(zset), events, request
 # ARGV: job_id, now, ttl -> the state after the call (CANCELLED at once when queued; RUNNING = requested)
-CANCEL = """
+CANCEL = RELEASE_ACTIVE + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'MISSING' end
 if state == 'QUEUED' then
   redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'error_code', 'CANCELLED', 'reason', 'cancelled while queued',
              'finished_at', ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[1])
+  release_active(KEYS[1])
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'kind', 'terminal', 'state', 'CANCELLED', 'time', ARGV[2])
   for _, k in ipairs({KEYS[1], KEYS[3], KEYS[4]}) do redis.call('EXPIRE', k, ARGV[3]) end
   return 'CANCELLED'

@@ -12,7 +12,7 @@ import redis
 
 from longcat.api.bounds import clamp_int32
 from longcat.api.keys import EDIT_GROUP, Keys
-from longcat.errors import ResourceExhausted, Unavailable
+from longcat.errors import AlreadyExists, ResourceExhausted, Unavailable
 from longcat.jobs import scripts
 from longcat.v1 import common_pb2, edit_pb2
 
@@ -100,6 +100,17 @@ class JobView:
         return job
 
 
+class TenantQuotaFull(ResourceExhausted):
+    """One caller (an API key's owner) has its quota of queued + running jobs of a kind; others still submit."""
+
+    def __init__(self, kind: str, active: int, limit: int):
+        flag = "--max-active-per-tenant" if kind == "edit" else "--max-training-per-tenant"
+        super().__init__(f"this caller already has {active} {kind} jobs queued or running, its per-tenant limit "
+                         f"({flag}={limit}); retry once one of them finishes", "max_active_per_tenant"
+                         if kind == "edit" else "max_training_per_tenant")
+        self.kind, self.active, self.limit = kind, active, limit
+
+
 class NotReplicated(Unavailable):
     """The primary recorded the submission, no replica confirmed it in time (durable acknowledgement)."""
 
@@ -140,34 +151,47 @@ class JobStore:
         return self.k.edit_queue if kind == "edit" else self.k.train_queue
 
     def submit(self, kind: str, owner: str, request: bytes, request_id: str = "", deadline: float = 0.0,
-               max_queue: int = 0, fields: dict | None = None, priority: str = "normal") -> tuple[str, bool, int]:
+               max_queue: int = 0, fields: dict | None = None, priority: str = "normal", payload_hash: str = "",
+               max_active: int = 0) -> tuple[str, bool, int]:
         """Record a job and queue it (edit jobs also go on the edit stream; training jobs are carried by
         Celery). Returns (job id, created, queue position). An edit goes on its priority's stream.
 
-        The same (owner, request_id) returns the first job, not a new one; a full queue raises
-        :class:`ResourceExhausted`.
+        The same (owner, request_id) with the same ``payload_hash`` returns the first job, not a new one;
+        with another payload it raises :class:`AlreadyExists`. ``max_active`` > 0: the owner's queued and
+        running jobs of this kind at most (:class:`TenantQuotaFull` beyond); a full queue raises
+        :class:`ResourceExhausted`. A refused request writes nothing.
         """
         job_id = uuid.uuid4().hex
         now = time.time()
         flat = {"id": job_id, "kind": kind, "state": "QUEUED", "owner": owner, "request_id": request_id,
                 "created_at": now, "deadline": deadline, "attempts": 0, **(fields or {})}
         argv = [job_id, max_queue, request, self.idempotency_ttl_s, now, int(bool(request_id)), 1,
-                int(kind == "edit")]
+                int(kind == "edit"), payload_hash, max_active, self.k.job("")]
         for k, v in flat.items():
             argv += [k, json.dumps(v) if isinstance(v, dict) else v]
-        idem = self.k.idempotency(owner, request_id) if request_id else self.k.idempotency(owner, "-")
-        keys = [idem, self.k.job(job_id), self.k.request(job_id), self.queue_key(kind),
-                self.k.edit_stream_for(priority), self.k.events(job_id), self.k.sequence, self.k.owner_jobs(owner)]
+        rid = request_id or "-"
+        keys = [self.k.idempotency(owner, rid), self.k.job(job_id), self.k.request(job_id), self.queue_key(kind),
+                self.k.edit_stream_for(priority), self.k.events(job_id), self.k.sequence, self.k.owner_jobs(owner),
+                self.k.idempotency_payload(owner, rid), self.k.owner_active(owner, kind)]
         (status, existing, position), replicas = self._write(self._submit, keys, argv)
         if status == -1:
             raise ResourceExhausted(f"the {kind} queue is full ({position} jobs waiting); retry in a few "
                                     "seconds", "queue")
+        if status == -2:
+            raise TenantQuotaFull(kind, int(position), max_active)
+        if status == -3:
+            raise AlreadyExists(f"{request_id[:64]!r} was already used by this caller for another {kind} request "
+                                f"(job {as_str(existing)}); use a new request_id for a new request", "request_id")
         if replicas < self.durable_replicas:
             raise NotReplicated(f"the job queue's primary took the job but {replicas} of {self.durable_replicas} "
                               f"replica(s) confirmed it within {self.durable_timeout_ms} ms, so a failover could "
                               "lose it; retry with the same request_id (it returns this job if it was kept)",
                                 as_str(existing), status == 1)
         return as_str(existing), status == 1, int(position)
+
+    def active_count(self, owner: str, kind: str) -> int:
+        """The owner's queued + running jobs of ``kind`` (what its quota counts)."""
+        return int(self.r.scard(self.k.owner_active(owner, kind)))
 
     def _write(self, script, keys: list, args: list):
         """Run a write script; with durable acknowledgement, ``WAIT`` on the same connection right after it

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from longcat.api.datasets import Pair
+from longcat.api.datasets import Pair, read_inside
 from longcat.conditioning import Geometry, pack_latents, prepare_reference, vae_encode
 from longcat.errors import Cancelled
 from longcat.images import decode_image, image_content_hash
@@ -96,7 +96,8 @@ class DataPreparer:
 
     @torch.no_grad()
     def prepare_pair(self, pair: Pair, caption_dropout: bool) -> CachedSample:
-        edit_bytes, ref_bytes = pair.edit_path.read_bytes(), pair.reference_path.read_bytes()
+        edit_bytes = read_inside(pair.edit_path, pair.roots, pair.name)
+        ref_bytes = read_inside(pair.reference_path, pair.roots, pair.name)
         edit_hash, ref_hash = image_content_hash(edit_bytes), image_content_hash(ref_bytes)
         edit_img = decode_image(edit_bytes, field=pair.name)
         ds = pair.edit_dataset

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from longcat.api.datasets import Pair
-from longcat.images import encode_png, load_image_file
+from longcat.api.datasets import Pair, read_inside
+from longcat.images import decode_image, encode_png
 from longcat.training.buckets import bucket_for, fit_to_bucket
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,11 @@ def validation_items(pairs: list[Pair], config) -> list[ValidationItem]:
     """The reference of each pair, center-cropped to the validation size's aspect (or its training bucket)."""
     items = []
     for p in pairs:
-        image = load_image_file(p.reference_path, field=p.name)
+        image = decode_image(read_inside(p.reference_path, p.roots, p.name), p.name)
         if config.validation_resolution is not None:
             size = config.validation_resolution
         else:
-            edit = load_image_file(p.edit_path, field=p.name)
+            edit = decode_image(read_inside(p.edit_path, p.roots, p.name), p.name)
             size = bucket_for(*edit.size, p.edit_dataset.resolution, p.edit_dataset.resolution_type)
         items.append(ValidationItem(p.name, p.caption, fit_to_bucket(image, size), *size))
     return items

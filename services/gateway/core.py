@@ -10,6 +10,7 @@ and an HTTP door maps JSON to them with protobuf's own json_format.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tarfile
@@ -34,6 +35,7 @@ from longcat.api.prompts import check_prompt_length
 from longcat.api.training import Roots, TrainingSubmission
 from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound, Unavailable
 from longcat.jobs.connection import redis_unavailable_as_error
+from longcat.jobs.payload import payload_hash
 from longcat.jobs.store import JobStore, NotReplicated
 from longcat.rpc.errors import STATUS
 from longcat.v1 import adapters_pb2, edit_pb2, training_pb2
@@ -68,6 +70,8 @@ class GatewayConfig:
     max_queue: int = 1000           # edit jobs waiting before RESOURCE_EXHAUSTED
     max_training_queue: int = 100
     retry_after_s: float = 2.0      # hint sent with RESOURCE_EXHAUSTED
+    max_active_per_tenant: int = 250    # one API key owner's queued + running edits (0 = no per-tenant limit)
+    max_training_per_tenant: int = 10   # one API key owner's queued + running training jobs (0 = none)
     max_upload_bytes: int = 4096 << 20
     max_adapter_bytes: int = 2048 << 20   # largest uploaded LoRA file
 
@@ -153,17 +157,14 @@ class GatewayCore:
         msg = edit_pb2.EditRequest()
         msg.CopyFrom(request)
         msg.seed = req.seed
-        with redis_unavailable_as_error():
+        with redis_unavailable_as_error(), self._retry_hint():
             resolve_edit_adapters(self.registry, caller, msg)  # -> canonical owner/name@vN, or NOT_FOUND
-            try:
-                job_id, created, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(),
-                                                       request.request_id, deadline, self.config.max_queue,
-                                                       fields={"total_steps": req.num_inference_steps,
-                                                               "priority": priority}, priority=priority)
-            except LongCatError as exc:
-                if exc.code == "RESOURCE_EXHAUSTED":
-                    exc.trailers = {"retry-after-ms": int(self.config.retry_after_s * 1000)}
-                raise
+            job_id, created, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(),
+                                                   request.request_id, deadline, self.config.max_queue,
+                                                   fields={"total_steps": req.num_inference_steps,
+                                                           "priority": priority}, priority=priority,
+                                                   payload_hash=payload_hash("edit", request),
+                                                   max_active=self._quota(caller, "edit"))
             self._follow_callback(caller, job_id, request.callback_url, request.callback_progress, created)
             return self.store.to_proto(self.store.get(job_id))
 
@@ -188,6 +189,24 @@ class GatewayCore:
             raise DeadlineExceeded(view.reason)
         raise JobFailed(view)
 
+    def _quota(self, caller: Caller, kind: str) -> int:
+        """Per-tenant limits apply to API key owners; with keys off there is one caller, and the global
+        queue limit is the only one."""
+        if not caller.authenticated:
+            return 0
+        return self.config.max_active_per_tenant if kind == "edit" else self.config.max_training_per_tenant
+
+    @contextlib.contextmanager
+    def _retry_hint(self):
+        """RESOURCE_EXHAUSTED (a full queue, a tenant's full quota) carries when to retry (gRPC trailer
+        ``retry-after-ms``; the HTTP door turns it into ``Retry-After``)."""
+        try:
+            yield
+        except LongCatError as exc:
+            if exc.code == "RESOURCE_EXHAUSTED":
+                exc.trailers = {"retry-after-ms": int(self.config.retry_after_s * 1000)}
+            raise
+
     # ---- training ----
 
     def submit_training(self, caller: Caller, request: training_pb2.SubmitTrainingRequest) -> edit_pb2.Job:
@@ -205,13 +224,14 @@ class GatewayCore:
         # Every dataset problem at once (names paired both ways, captions, decodable images, separate caches).
         validate_datasets(submission.dataloader, submission.config.use_reference_captions, tokenizer=self.tokenizer)
         self._check_callback(request.callback_url)
-        with redis_unavailable_as_error():
+        with redis_unavailable_as_error(), self._retry_hint():
             try:
                 job_id, created, _ = self.store.submit(
                     "training", caller.owner, request.SerializeToString(), request.request_id,
                     max_queue=self.config.max_training_queue,
                     fields={"adapter_name": submission.adapter_name, "per_owner": int(self.roots.per_owner),
-                            "total_steps": submission.config.max_train_steps or 0})
+                            "total_steps": submission.config.max_train_steps or 0},
+                    payload_hash=payload_hash("training", request), max_active=self._quota(caller, "training"))
             except NotReplicated as exc:  # recorded but not confirmed: hand it over anyway, so that a retry
                 if exc.created:           # with the same request_id (which returns this job) finds it running
                     self.dispatch(exc.job_id)

@@ -67,6 +67,11 @@ def build_parser(parser=None):
     p.add_argument("--admin-owners", default="",
                    help="owners (from the API keys) who administer every tenant's adapters, comma-separated")
     p.add_argument("--max-queue", type=int, default=1000, help="edit jobs waiting before RESOURCE_EXHAUSTED")
+    p.add_argument("--max-active-per-tenant", type=int, default=250,
+                   help="queued + running edit jobs one API key owner may have (with API keys on; --max-queue "
+                        "still bounds them all); 0 = no per-tenant limit")
+    p.add_argument("--max-training-per-tenant", type=int, default=10,
+                   help="queued + running training jobs one API key owner may have; 0 = no per-tenant limit")
     p.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest output (width x height)")
     p.add_argument("--max-steps", type=int, default=200, help="most denoising steps a request may ask for")
     p.add_argument("--max-prompt-chars", type=int, default=DEFAULT_MAX_PROMPT_CHARS,
@@ -102,6 +107,8 @@ class GatewaySettings(ServerSettings):
     api_keys_file: str
     admin_owners: str
     max_queue: int
+    max_active_per_tenant: int
+    max_training_per_tenant: int
     max_pixels: int
     max_steps: int
     max_prompt_chars: int
@@ -179,6 +186,8 @@ def serve(args: GatewaySettings) -> None:
     dispatch = training_dispatch(args.redis_url)
 
     core = GatewayCore(store, GatewayConfig(limits, max_queue=args.max_queue,
+                                            max_active_per_tenant=args.max_active_per_tenant,
+                                            max_training_per_tenant=args.max_training_per_tenant,
                                             max_upload_bytes=args.max_upload_mb * 1024 * 1024,
                                             max_adapter_bytes=args.max_adapter_mb * 1024 * 1024),
                        roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer, model_shapes=shapes,

@@ -112,7 +112,10 @@ def run_training_job(ctx: TrainerContext, job_id: str) -> str:
                 raise LeaseLost()
             return ctx.store.cancel_requested(job_id)
 
-        components = ctx.components(config.pretrained_model_name_or_path, config.base_model_precision)
+        try:
+            components = ctx.components(config.pretrained_model_name_or_path, config.base_model_precision)
+        except Exception as exc:
+            raise _unloadable(config.pretrained_model_name_or_path, exc) from exc
         embedder = _embedder(ctx, config, components)
         result = Trainer(config, submission.dataloader, on_event=on_event, should_stop=should_stop,
                          should_pause=ctx.shutting_down.is_set, components=components, embedder=embedder).run()
@@ -157,6 +160,32 @@ def run_training_job(ctx: TrainerContext, job_id: str) -> str:
         except REDIS_ERRORS:
             pass  # the reaper unmarks a finished job itself, and dispatches an unfinished one again
         request_id.reset(rid)
+
+
+def _unloadable(model: str, exc: Exception) -> Exception:
+    """A model load error no retry can fix -> INVALID_ARGUMENT (the job fails at once, not after every attempt):
+    a local folder or tiny model that does not load, a hub repo / revision / file that does not exist, or the
+    hub switched off here with the model not in the cache. Anything else (a network blip) stays retryable."""
+    if isinstance(exc, LongCatError):
+        return exc
+    try:
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            GatedRepoError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError:  # pragma: no cover - huggingface_hub comes with diffusers
+        return exc
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    local = os.path.isdir(os.path.expanduser(model)) or model.split(":", 1)[0] in ("tiny", "tiny-turbo")
+    permanent = isinstance(exc, (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError, GatedRepoError))
+    if local and isinstance(exc, (OSError, ValueError, KeyError)) or permanent or \
+            (offline and isinstance(exc, (LocalEntryNotFoundError, OSError))):
+        return InvalidArgument(f"{model!r} cannot be loaded: {type(exc).__name__}: {str(exc)[:500]}",
+                               "config_json.pretrained_model_name_or_path")
+    return exc
 
 
 def _embedder(ctx: TrainerContext, config, components):
