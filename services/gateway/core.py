@@ -31,6 +31,7 @@ from longcat.api.names import DIFFUSERS_WEIGHTS, PEFT_CONFIG, PEFT_WEIGHTS, vali
 from longcat.api.prompts import check_prompt_length
 from longcat.api.training import Roots, TrainingSubmission
 from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound, Unavailable
+from longcat.jobs import payloads
 from longcat.jobs.connection import redis_unavailable_as_error
 from longcat.jobs.store import JobStore, NotReplicated
 from longcat.rpc.errors import STATUS
@@ -66,6 +67,7 @@ class GatewayConfig:
     retry_after_s: float = 2.0      # hint sent with RESOURCE_EXHAUSTED
     max_upload_bytes: int = 4096 << 20
     max_adapter_bytes: int = 2048 << 20   # largest uploaded LoRA file
+    reference_ttl_s: float = 7 * 86400    # a queued edit's reference image (a blob) is kept this long
 
 
 class GatewayCore:
@@ -142,16 +144,24 @@ class GatewayCore:
         msg = edit_pb2.EditRequest()
         msg.CopyFrom(request)
         msg.seed = req.seed
+        # The reference image goes to the blob store; Redis keeps the request without it and the reference.
+        blob = payloads.stash_reference(self.store.blobs, msg, self.config.reference_ttl_s)
         with redis_unavailable_as_error():
             try:
                 job_id, created, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(),
                                                        request.request_id, deadline, self.config.max_queue,
                                                        fields={"total_steps": req.num_inference_steps,
-                                                               "priority": priority}, priority=priority)
+                                                               "priority": priority, **blob}, priority=priority)
             except LongCatError as exc:
+                # Refused (queue full), or recorded without replicas' confirmation (kept only if it is ours).
+                # A Redis error lands elsewhere: the job may exist, so its blob stays (its TTL is the backstop).
+                if not (isinstance(exc, NotReplicated) and exc.created):
+                    payloads.release(self.store.blobs, blob, payloads.IMAGE)
                 if exc.code == "RESOURCE_EXHAUSTED":
                     exc.trailers = {"retry-after-ms": int(self.config.retry_after_s * 1000)}
                 raise
+            if not created:  # the same request_id again: the first job keeps its own reference
+                payloads.release(self.store.blobs, blob, payloads.IMAGE)
             self._follow_callback(caller, job_id, request.callback_url, request.callback_progress, created)
             return self.store.to_proto(self.store.get(job_id))
 
@@ -171,7 +181,10 @@ class GatewayCore:
         if view is None:
             raise NotFound("the job expired before its result was read", "job_id")
         if view.state == "SUCCEEDED":
-            return self.store.to_proto(view).result
+            job = self.store.to_proto(view)
+            if not job.result.image:  # its result blob is gone (the reason says so)
+                raise NotFound(job.reason or "the job's result image is no longer stored", "job_id")
+            return job.result
         if view.error_code == "DEADLINE_EXCEEDED":
             raise DeadlineExceeded(view.reason)
         raise JobFailed(view)
