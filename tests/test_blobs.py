@@ -110,9 +110,14 @@ def test_a_queued_edit_keeps_only_a_reference_in_redis(store, blobs):
     payloads.load_reference(blobs, back, view)
     assert back.image == BIG
 
-    # Cancelled while queued: the reference image goes with it.
+    # Cancelled while queued: the reference image expires with the request record (result_ttl_s), not 600 s
+    # after submission as written.
+    assert blobs.path(fields[payloads.IMAGE]).stat().st_mtime > time.time() + 500
+    store.result_ttl_s = 1
     assert store.cancel(job_id) == "CANCELLED"
-    assert not blobs.exists(fields[payloads.IMAGE])
+    assert blobs.path(fields[payloads.IMAGE]).stat().st_mtime <= time.time() + 1
+    time.sleep(1.1)
+    assert blobs.sweep() == 1 and not blobs.exists(fields[payloads.IMAGE])
 
 
 def test_a_missing_reference_fails_the_job_clearly(store, blobs):

@@ -6,6 +6,7 @@ store (GetJob, Edit, HTTP), terminal jobs release their reference image, and a j
 from __future__ import annotations
 
 import io
+import time
 import uuid
 
 import httpx
@@ -83,7 +84,9 @@ def test_reference_and_result_live_in_the_blob_store_not_in_redis(stack):
     assert done.state == edit_pb2.SUCCEEDED, done.reason
     assert png_size(done.result.image) == (64, 64)
     assert blobs.get(stack.job_field(job.id, payloads.RESULT)) == done.result.image
-    assert not blobs.exists(ref), "a finished job's reference image was kept"
+    # A finished job's reference image expires with its request record (--result-ttl-s, 3600 s here), not
+    # --blob-ttl-s (7 days) after submission.
+    assert blobs.path(ref).stat().st_mtime < time.time() + 3600 + 60, "a finished job's reference was kept"
     assert not stack.r.exists(stack.key("job", job.id, "result"))
     assert_no_bytes_in_redis(stack)
 

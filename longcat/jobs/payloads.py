@@ -1,7 +1,9 @@
 """A job's large payloads in the blob store, Redis holding their references (``longcat/blobs``).
 
 - the reference image of a queued edit: the gateway writes it before queueing and stores the request
-  without it (job field ``image_blob``); the worker reads it back; it is removed once the job is terminal.
+  without it (job field ``image_blob``); the worker reads it back; once the job is terminal it expires with
+  the request record (``result_ttl_s``), not at once: a Redis that loses its last second of writes (a
+  crash before the append-only file's fsync) re-runs the job, which must still find its image.
 - the result PNG: the worker writes it, the finish records ``result_blob``; the gateway reads it for GetJob,
   Edit and the HTTP result routes; it expires with the job record (``result_ttl_s``).
 - large event images (previews, training validation and result images): ``<name>_blob`` in the event.
@@ -85,8 +87,9 @@ def offload_large(blobs, event: dict, ttl_s: float) -> dict:
     return out
 
 
-def release(blobs, fields: dict, *names: str) -> None:
-    """Remove the blobs ``fields`` (a job's fields) refers to under ``names``; best effort (TTL is the backstop)."""
+def release(blobs, fields: dict, *names: str, ttl_s: float | None = None) -> None:
+    """Remove the blobs ``fields`` (a job's fields) refers to under ``names`` (``ttl_s``: let them expire that
+    many seconds from now instead); best effort, their TTL is the backstop."""
     if blobs is None:
         return
     for name in names:
@@ -95,6 +98,6 @@ def release(blobs, fields: dict, *names: str) -> None:
         if not ref:
             continue
         try:
-            blobs.delete(ref)
+            blobs.delete(ref) if ttl_s is None else blobs.expire(ref, ttl_s)
         except (BlobError, ValueError) as exc:
             log.warning("blob not removed; it expires by itself", extra={"ref": ref[:80], "error": str(exc)})

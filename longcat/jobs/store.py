@@ -229,7 +229,7 @@ class JobStore:
         outcome, attempts = self._claim(
             keys=[self.k.job(job_id), self.queue_key(kind), self.k.events(job_id), self.k.edit_dead],
             args=[job_id, token, time.time(), max_attempts, self.result_ttl_s])
-        if as_str(outcome) in ("EXPIRED", "DEAD"):  # made terminal here: its reference image is not needed
+        if as_str(outcome) in ("EXPIRED", "DEAD"):  # made terminal here: its reference image expires with it
             self.release_request(job_id)
         return as_str(outcome), int(attempts)
 
@@ -316,10 +316,10 @@ class JobStore:
         return png if png is not None else self.r.get(self.k.result(job_id))
 
     def release_request(self, job_id: str) -> None:
-        """A terminal job's reference image blob is removed (best effort; its TTL is the backstop)."""
+        """A terminal job's reference image blob expires with its request record (``result_ttl_s``)."""
         if self.blobs is not None:
             payloads.release(self.blobs, {payloads.IMAGE: self.r.hget(self.k.job(job_id), payloads.IMAGE)},
-                             payloads.IMAGE)
+                             payloads.IMAGE, ttl_s=self.result_ttl_s)
 
     # --- the edit stream and its consumer group --------------------------------------------------------
 
