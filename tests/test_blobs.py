@@ -165,3 +165,12 @@ def test_results_written_without_a_blob_store_still_read(redis_server, blobs):
     assert plain.finish(job_id, "w:1", "SUCCEEDED")
     upgraded = JobStore(plain.r, plain.k, result_ttl_s=600, blobs=blobs)
     assert upgraded.to_proto(upgraded.get(job_id)).result.image == b"png"
+
+
+def test_an_unwritable_store_is_unavailable_not_internal(tmp_path):
+    (tmp_path / "file").write_bytes(b"")  # a file where the folder should be: every write fails
+    broken = LocalBlobStore(tmp_path / "file" / "blobs")
+    with pytest.raises(Exception) as err:
+        broken.put(b"x", 60)
+    assert err.value.code == "UNAVAILABLE" and "could not be written" in str(err.value)
+    assert broken.sweep() == 0  # nothing there: nothing to do, no error

@@ -58,10 +58,10 @@ class LocalBlobStore:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
         except OSError as exc:
-            _unlink(tmp)
+            _discard(tmp)
             raise BlobError(f"the blob store at {self.root} could not be written: {exc.strerror or exc}") from exc
         except BaseException:
-            _unlink(tmp)
+            _discard(tmp)
             raise
         return ref
 
@@ -183,6 +183,14 @@ def _unlink(path: Path) -> bool:
         raise BlobError(f"could not remove {path.name}: {exc.strerror or exc}") from exc
 
 
+def _discard(path: Path) -> None:
+    """Remove a half-written file if it is there; quiet (the sweeper removes what this could not)."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def _dirs(parent: Path, width: int) -> list[Path]:
     """The shard folders of ``parent`` (two hex digits); anything else there is left alone."""
     return [Path(e.path) for e in _scan(parent)
@@ -193,5 +201,5 @@ def _scan(folder: Path) -> list[os.DirEntry]:
     try:
         with os.scandir(folder) as it:
             return list(it)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
