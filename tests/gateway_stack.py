@@ -91,6 +91,7 @@ class Stack:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.adapter_dir = self.root / "adapters"
         self.adapter_dir.mkdir(exist_ok=True)
+        self.blob_dir = self.root / "blobs"   # reference images and results of this stack's jobs
         self.redis = redis_proc
         self.ns = ns
         self.worker_args = list(worker_args)
@@ -104,7 +105,8 @@ class Stack:
 
     @property
     def stack_args(self) -> list[str]:
-        return ["--redis-url", self.redis.url, "--namespace", self.ns, "--adapter-dir", str(self.adapter_dir)]
+        return ["--redis-url", self.redis.url, "--namespace", self.ns, "--adapter-dir", str(self.adapter_dir),
+                "--blob-dir", str(self.blob_dir)]
 
     def add_worker(self) -> ServiceProcess:
         w = ServiceProcess("denoiser", ["--model", self.model, *self.stack_args, "--encoder",

@@ -377,7 +377,8 @@ def test_longcat_variables_are_flags_of_that_service(service, monkeypatch):
 @pytest.mark.parametrize("tree", TREES)
 def test_config_paths_are_mounted(tree, tmp_path):
     """Folders named by the config are volumes of that container (adapters, data, outputs, API keys, model)."""
-    want = {"LONGCAT_ADAPTER_DIR": "adapters", "LONGCAT_DATA_ROOT": "datasets", "LONGCAT_OUTPUT_ROOT": "outputs"}
+    want = {"LONGCAT_ADAPTER_DIR": "adapters", "LONGCAT_DATA_ROOT": "datasets", "LONGCAT_OUTPUT_ROOT": "outputs",
+            "LONGCAT_BLOB_DIR": "blobs"}
     for service in SERVICES:
         c, spec = container(tree, service), pod_spec(tree, service)
         mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
@@ -868,12 +869,16 @@ def test_only_the_gateway_is_reachable_from_outside_the_namespace(tree):
 @pytest.mark.parametrize("tree", TREES)
 def test_shared_volumes(tree):
     claims = {o["metadata"]["name"]: o for o in find(tree, "PersistentVolumeClaim")}
-    assert set(claims) == {"models", "adapters", "datasets", "outputs"}
+    assert set(claims) == {"models", "adapters", "blobs", "datasets", "outputs"}
     if tree != "overlays/cpu-tiny":  # kind/minikube: ReadWriteOnce on one node (see the overlay)
         assert all(c["spec"]["accessModes"] == ["ReadWriteMany"] for c in claims.values())
     users = {claim: {s for s in SERVICES for v in pod_spec(tree, s).get("volumes", [])
                      if v.get("persistentVolumeClaim", {}).get("claimName") == claim} for claim in claims}
     assert users["adapters"] == {"gateway", "denoiser", "trainer"}
+    # One blob store for the gateway (reference images in, results out), denoisers and trainers, all on it.
+    assert users["blobs"] == {"gateway", "denoiser", "trainer"}
+    assert {s: env_of(tree, s).get("LONGCAT_BLOB_DIR") for s in users["blobs"]} == dict.fromkeys(users["blobs"],
+                                                                                                "/blobs")
     assert users["datasets"] == {"gateway", "trainer"}
     assert users["outputs"] == {"gateway", "trainer"}
     assert users["models"] >= {"encoder", "denoiser", "trainer"}

@@ -15,9 +15,13 @@ import time
 import uuid
 
 import grpc
+import httpx
 import pytest
 
+from longcat.blobs import LocalBlobStore
+from longcat.jobs import payloads
 from longcat.v1 import adapters_pb2, edit_pb2
+from tests.blob_checks import assert_no_bytes_in_redis, noise_png
 from tests.gateway_stack import (
     LONG_SIDE,
     LONG_STEPS,
@@ -424,3 +428,54 @@ def test_a_client_generated_from_the_protos_alone(stack, tmp_path):
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["png"] == b"\x89PNG\r\n\x1a\n".hex() and got["size"] == [96, 64] and got["seed"] == 3
     assert got["modules"].startswith(str(gen)) and got["job_id"]
+
+
+# ---- large payloads out of Redis: images and results in the blob store (longcat/blobs, --blob-dir) -----------
+
+BIG_REFERENCE = noise_png(768)  # ~1.7 MB
+
+
+def test_reference_and_result_live_in_the_blob_store_and_missing_blobs_say_so(stack):
+    stub = stack.edit()
+    blobs = LocalBlobStore(stack.blob_dir)
+    with busy_worker(stub, side=256, steps=200):  # both jobs wait in the queue meanwhile
+        job = submit(stub, request(64, 2, image=BIG_REFERENCE, preview_every=1))
+        lost = submit(stub, request(64, 2, image=BIG_REFERENCE, seed=2))
+        assert job.state == lost.state == edit_pb2.QUEUED
+        ref = stack.job_field(job.id, payloads.IMAGE)
+        assert blobs.get(ref) == BIG_REFERENCE  # the reference image, byte for byte, in the blob store
+        assert_no_bytes_in_redis(stack.r, stack.ns)  # ... and the queued edits' requests without it
+        assert blobs.delete(stack.job_field(lost.id, payloads.IMAGE))  # a volume emptied while it waited
+
+    done = wait_job(stub, job.id, [edit_pb2.SUCCEEDED, edit_pb2.FAILED], timeout=300)
+    assert done.state == edit_pb2.SUCCEEDED, done.reason
+    assert png_size(done.result.image) == (64, 64)
+    assert blobs.get(stack.job_field(job.id, payloads.RESULT)) == done.result.image
+    # A finished job's reference image expires with its request record (--result-ttl-s, 3600 s here), not
+    # --blob-ttl-s (7 days) after submission.
+    assert blobs.path(ref).stat().st_mtime < time.time() + 3600 + 60, "a finished job's reference was kept"
+    assert not stack.r.exists(stack.key("job", job.id, "result"))
+    assert_no_bytes_in_redis(stack.r, stack.ns)
+
+    # The job whose reference image vanished: FAILED at once, NOT_FOUND, saying why (not INTERNAL, no retry).
+    failed = wait_job(stub, lost.id, [edit_pb2.SUCCEEDED, edit_pb2.FAILED], timeout=300)
+    assert failed.state == edit_pb2.FAILED and failed.error_code == "NOT_FOUND", failed
+    assert "reference image is no longer stored" in failed.reason
+    assert int(stack.job_field(lost.id, "attempts")) == 1
+
+    # Every door reads the result from the blob store: HTTP, and the blocking Edit.
+    http = stack.gateways["main"].http_url
+    resp = httpx.get(f"{http}/v1/jobs/{job.id}/result", timeout=60)
+    assert resp.status_code == 200 and resp.content == done.result.image
+    result = stub.Edit(request(64, 2, image=BIG_REFERENCE, seed=1), timeout=300)
+    assert result.image == done.result.image  # same request, same seed: same image
+    assert_no_bytes_in_redis(stack.r, stack.ns)
+
+    # A result whose blob is gone: the job still reads, and says where its image went.
+    assert blobs.delete(stack.job_field(job.id, payloads.RESULT))
+    again = stub.GetJob(edit_pb2.GetJobRequest(job_id=job.id), timeout=30)
+    assert again.state == edit_pb2.SUCCEEDED and not again.result.image
+    assert "result image is no longer stored" in again.reason
+    resp = httpx.get(f"{http}/v1/jobs/{job.id}/result", timeout=60)
+    assert resp.status_code == 404 and "expired" in resp.text, resp.text
+    assert stack.health() == "SERVING"

@@ -45,6 +45,7 @@ def test_plan_ports_paths_and_flags(tmp_path):
             flags = dict(zip(s.args[::2], s.args[1::2]))
             assert flags["--redis-url"] == "redis://127.0.0.1:7000/2"
             assert flags["--adapter-dir"] == str(data / "adapters")
+            assert flags["--blob-dir"] == str(data / "blobs")
         if s.kind in ("denoiser", "trainer"):
             assert "--encoder" in s.args and s.args[s.args.index("--encoder") + 1] == "127.0.0.1:50061"
         if s.kind in ("gateway", "trainer"):

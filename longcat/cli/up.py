@@ -62,9 +62,11 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="denoiser workers (default 1)")
     p.add_argument("--no-trainer", dest="trainer", action="store_false", help="don't start the trainer")
     p.add_argument("--data-dir", default=None,
-                   help="everything the stack writes: redis/, logs/, adapters/, data/, outputs/, stack.json "
+                   help="everything the stack writes: redis/, logs/, adapters/, blobs/, data/, outputs/, stack.json "
                         "(default $LONGCAT_DATA_DIR or ~/.cache/longcat/stack)")
     p.add_argument("--adapter-dir", default=None, help="shared adapter store (default DATA_DIR/adapters)")
+    p.add_argument("--blob-dir", default=None,
+                   help="blob store for reference images and results; Redis keeps references (default DATA_DIR/blobs)")
     p.add_argument("--data-root", default=None, help="training datasets root (default DATA_DIR/data)")
     p.add_argument("--output-root", default=None, help="training outputs root (default DATA_DIR/outputs)")
     p.add_argument("--api-keys-file", default="", help="the gateway's API keys (JSON {key: owner} or lines "
@@ -102,6 +104,7 @@ def options(args):
                         denoiser_port=args.denoiser_port, trainer_port=args.trainer_port,
                         metrics_port=args.metrics_port, redis_url=args.redis_url, workers=args.workers,
                         trainer=args.trainer, data_dir=args.data_dir, adapter_dir=args.adapter_dir,
+                        blob_dir=args.blob_dir,
                         data_root=args.data_root, output_root=args.output_root, api_keys_file=args.api_keys_file,
                         device=args.device, precision=args.precision, namespace=args.namespace,
                         log_level=args.service_log_level, extra=extra, redis_ha=args.redis_ha,

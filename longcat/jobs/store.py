@@ -13,7 +13,7 @@ import redis
 from longcat.api.bounds import clamp_int32
 from longcat.api.keys import EDIT_GROUP, Keys
 from longcat.errors import AlreadyExists, ResourceExhausted, Unavailable
-from longcat.jobs import scripts
+from longcat.jobs import payloads, scripts
 from longcat.v1 import common_pb2, edit_pb2
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
@@ -130,8 +130,10 @@ class JobStore:
     acknowledged job survives the loss of the primary. 0 (the default): acknowledged once the primary has it."""
 
     def __init__(self, client: redis.Redis, keys: Keys = Keys(), result_ttl_s: int = 3600,
-                 idempotency_ttl_s: int = 86400, durable_replicas: int = 0, durable_timeout_ms: int = 1000):
+                 idempotency_ttl_s: int = 86400, durable_replicas: int = 0, durable_timeout_ms: int = 1000,
+                 blobs=None):
         self.r = client
+        self.blobs = blobs  # longcat.blobs.BlobStore: large payloads, Redis keeps references (jobs/payloads.py)
         self.durable_replicas = durable_replicas
         self.durable_timeout_ms = durable_timeout_ms
         self.k = keys
@@ -216,12 +218,18 @@ class JobStore:
         return int(self.r.zcard(self.k.edit_queue))
 
     def to_proto(self, view: JobView) -> edit_pb2.Job:
-        png = self.result(view.id) if view.state == "SUCCEEDED" else None
+        try:
+            png = self.result(view.id, view) if view.state == "SUCCEEDED" else None
+        except payloads.BlobMissing as exc:  # the job stays readable; its reason says where the image went
+            png, view.reason = None, str(exc)
         return view.to_proto(png, self.position(view.id, view.kind) if view.state == "QUEUED" else 0)
 
     def cancel(self, job_id: str, kind: str = "edit") -> str:
-        return as_str(self._cancel(keys=[self.k.job(job_id), self.queue_key(kind), self.k.events(job_id),
-                                     self.k.request(job_id)], args=[job_id, time.time(), self.result_ttl_s]))
+        state = as_str(self._cancel(keys=[self.k.job(job_id), self.queue_key(kind), self.k.events(job_id),
+                                          self.k.request(job_id)], args=[job_id, time.time(), self.result_ttl_s]))
+        if state == "CANCELLED":
+            self.release_request(job_id)
+        return state
 
     def events(self, job_id: str, after: str = "0", block_ms: int | None = None, count: int = 100):
         """[(event id, fields)] after ``after``; blocks up to ``block_ms`` for new ones."""
@@ -247,6 +255,8 @@ class JobStore:
         outcome, attempts = self._claim(
             keys=[self.k.job(job_id), self.queue_key(kind), self.k.events(job_id), self.k.edit_dead],
             args=[job_id, token, time.time(), max_attempts, self.result_ttl_s])
+        if as_str(outcome) in ("EXPIRED", "DEAD"):  # made terminal here: its reference image expires with it
+            self.release_request(job_id)
         return as_str(outcome), int(attempts)
 
     def finish(self, job_id: str, token: str, state: str, error_code: str = "", reason: str = "",
@@ -258,16 +268,20 @@ class JobStore:
         # re-run after a failover, which the fencing token keeps to one terminal state).
         done, _ = self._write(self._finish, [self.k.job(job_id), self.k.events(job_id), self.k.request(job_id),
                                              self.k.result(job_id)], argv)
+        if done:
+            self.release_request(job_id)
         return bool(done)
 
     def progress(self, job_id: str, token: str, event: dict) -> bool:
         """Append an event if the job is still this worker's; False means stop (taken over or finished)."""
         argv = [token, time.time()]
+        event = payloads.offload_large(self.blobs, event, self.result_ttl_s)  # large images: references
         for k, v in {"time": time.time(), **event}.items():
             argv += [k, v]
         return bool(self._progress(keys=[self.k.job(job_id), self.k.events(job_id)], args=argv))
 
     def add_event(self, job_id: str, event: dict) -> str:
+        event = payloads.offload_large(self.blobs, event, self.result_ttl_s)
         return as_str(self.r.xadd(self.k.events(job_id), {"time": time.time(), **event}, maxlen=10000,
                               approximate=True))
 
@@ -314,11 +328,24 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         return self.r.hget(self.k.job(job_id), "cancel_requested") == b"1"
 
-    def set_result(self, job_id: str, png: bytes) -> None:
+    def set_result(self, job_id: str, png: bytes) -> dict:
+        """Store a result PNG; -> job fields for the finish to record (its blob reference, with a blob store)."""
+        if self.blobs is not None:
+            return payloads.store_result(self.blobs, png, self.result_ttl_s)
         self.r.set(self.k.result(job_id), png, ex=self.result_ttl_s)
+        return {}
 
-    def result(self, job_id: str) -> bytes | None:
-        return self.r.get(self.k.result(job_id))
+    def result(self, job_id: str, view: JobView | None = None) -> bytes | None:
+        """The result PNG: a blob the job record names, else the Redis key (results stored without blobs)."""
+        view = view or self.get(job_id)
+        png = payloads.read_result(self.blobs, view) if view is not None else None
+        return png if png is not None else self.r.get(self.k.result(job_id))
+
+    def release_request(self, job_id: str) -> None:
+        """A terminal job's reference image blob expires with its request record (``result_ttl_s``)."""
+        if self.blobs is not None:
+            payloads.release(self.blobs, {payloads.IMAGE: self.r.hget(self.k.job(job_id), payloads.IMAGE)},
+                             payloads.IMAGE, ttl_s=self.result_ttl_s)
 
     # --- the edit stream and its consumer group --------------------------------------------------------
 

@@ -104,7 +104,7 @@ class LocalStack:
         from longcat.launch import ServiceProcess
 
         plan = self.plan or self.prepare()
-        for d in (plan.logs_dir, plan.adapter_dir, plan.data_root, plan.output_root):
+        for d in (plan.logs_dir, plan.adapter_dir, plan.blob_dir, plan.data_root, plan.output_root):
             d.mkdir(parents=True, exist_ok=True)
         popen = child_popen_kwargs()
         prefix = child_command_prefix()
@@ -172,6 +172,7 @@ class LocalStack:
             "model": self.model_path,
             "data_dir": str(plan.data_dir),
             "adapter_dir": str(plan.adapter_dir),
+            "blob_dir": str(plan.blob_dir),
             "data_root": str(plan.data_root),
             "output_root": str(plan.output_root),
             "namespace": self.opts.namespace,

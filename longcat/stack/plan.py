@@ -64,6 +64,7 @@ class StackOptions:
     trainer: bool = True
     data_dir: Path | None = None
     adapter_dir: Path | None = None
+    blob_dir: Path | None = None                  # reference images and results (Redis keeps references)
     data_root: Path | None = None
     output_root: Path | None = None
     api_keys_file: str = ""
@@ -122,6 +123,7 @@ class StackPlan:
     output_root: Path
     redis: RedisSpec
     services: list[ServiceSpec]   # start order: encoder, denoisers, trainer, gateway
+    blob_dir: Path | None = None  # the blob store shared by the gateway, denoisers and trainer
 
     @property
     def http_url(self) -> str | None:
@@ -183,6 +185,7 @@ def make_plan(opts: StackOptions, model_path: str | None = None) -> StackPlan:
     data_dir = _abs(opts.data_dir, default_data_dir().absolute())
     logs = data_dir / "logs"
     adapter_dir = _abs(opts.adapter_dir, data_dir / "adapters")
+    blob_dir = _abs(opts.blob_dir, data_dir / "blobs")
     data_root = _abs(opts.data_root, data_dir / "data")
     output_root = _abs(opts.output_root, data_dir / "outputs")
     redis = parse_redis_url(opts.redis_url, data_dir, logs)
@@ -218,7 +221,8 @@ def make_plan(opts: StackOptions, model_path: str | None = None) -> StackPlan:
     model_args = ["--model", model]
     if opts.device:
         model_args += ["--device", opts.device]
-    common = ["--redis-url", opts.redis_url, "--namespace", opts.namespace, "--adapter-dir", str(adapter_dir)]
+    common = ["--redis-url", opts.redis_url, "--namespace", opts.namespace, "--adapter-dir", str(adapter_dir),
+              "--blob-dir", str(blob_dir)]
     roots = ["--data-root", str(data_root), "--output-root", str(output_root)]
     log_level = ["--log-level", opts.log_level]
     encoder_addr = f"127.0.0.1:{opts.encoder_port}"
@@ -241,7 +245,7 @@ def make_plan(opts: StackOptions, model_path: str | None = None) -> StackPlan:
     if opts.api_keys_file:
         gateway_args += ["--api-keys-file", str(_abs(opts.api_keys_file, Path()))]
     services.append(spec("gateway", "gateway", opts.port, m["gateway"], gateway_args, TIER_GATEWAY, host=opts.host))
-    return StackPlan(opts, data_dir, logs, adapter_dir, data_root, output_root, redis, services)
+    return StackPlan(opts, data_dir, logs, adapter_dir, data_root, output_root, redis, services, blob_dir=blob_dir)
 
 
 def _take(start: int, n: int, used: set[int]) -> list[int]:

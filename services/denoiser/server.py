@@ -12,6 +12,7 @@ import torch
 from longcat.adapters import AdapterManager, AdapterStore
 from longcat.api.edit import Limits
 from longcat.api.model_defaults import read_model_defaults
+from longcat.blobs.flags import add_blob_args
 from longcat.conditioning import Geometry
 from longcat.engine.denoise import DenoiseJob, DenoiseLoop
 from longcat.engine.quality_gate import PresetGate
@@ -64,6 +65,7 @@ def build_parser(parser=None):
     p.add_argument("--lookahead", type=int, default=0,
                    help="queue entries held waiting, to choose by priority and tenant (0 = 2 x max-inflight)")
     p.add_argument("--result-ttl-s", type=int, default=3600, help="how long finished jobs and results are kept")
+    add_blob_args(p)
     return p
 
 
@@ -90,6 +92,7 @@ class DenoiserSettings(ModelServerSettings):
     max_inflight: int
     max_batch_tokens: int
     lookahead: int
+    blob_dir: str
 
 
 def warm_up(backend: DenoiserBackend) -> None:
@@ -184,6 +187,7 @@ def start_worker(args: DenoiserSettings, backend: DenoiserBackend):
     import threading
 
     from longcat.api.keys import Keys
+    from longcat.blobs import open_blob_store
     from longcat.engine.step_scheduler import SchedulerBounds
     from longcat.jobs.connection import connect
     from longcat.jobs.store import JobStore
@@ -191,7 +195,8 @@ def start_worker(args: DenoiserSettings, backend: DenoiserBackend):
     from longcat.rpc.encoder_client import EncoderClient
     from services.denoiser.worker import EditWorker
 
-    store = JobStore(connect(args.redis_url), Keys(args.namespace), result_ttl_s=args.result_ttl_s)
+    store = JobStore(connect(args.redis_url), Keys(args.namespace), result_ttl_s=args.result_ttl_s,
+                     blobs=open_blob_store(args.blob_dir))
     default = SchedulerBounds.for_device(backend.loop.device)
     bounds = SchedulerBounds(max_inflight=args.max_inflight or default.max_inflight,
                              max_batch_tokens=args.max_batch_tokens or default.max_batch_tokens)

@@ -30,6 +30,7 @@ from longcat.engine.stage import StageRequest, run_denoise_stage
 from longcat.engine.step_scheduler import HIGH, LOW, NORMAL, SchedulerBounds, StepJob, StepScheduler
 from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound, Unavailable
 from longcat.images import encode_png
+from longcat.jobs import payloads
 from longcat.jobs.connection import REDIS_ERRORS
 from longcat.jobs.store import JobStore
 from longcat.logs import request_id
@@ -214,6 +215,7 @@ class EditWorker:
         if view is None or raw is None:
             raise NotFound("the job's request expired before it ran", "job_id")
         msg = edit_pb2.EditRequest.FromString(raw)
+        payloads.load_reference(self.store.blobs, msg, view)  # the reference image, stored as a blob
         req = validate_request(request_from_proto(msg, self.backend.defaults), self.backend.limits)
         self.backend.gate.check(req.speed_preset, [a.name for a in req.adapters])  # before any work
         e.priority = LEVELS[priority_of(msg)]
@@ -302,14 +304,16 @@ class EditWorker:
         t_done = time.time()
         metrics.STEPS.inc(e.steps)
         metrics.STEPS_PER_SECOND.set(e.steps / max(t_denoised - e.encoded, 1e-9))
-        self.store.set_result(e.job_id, png)
+        stored = self.store.set_result(e.job_id, png)  # {result_blob: ref} with a blob store
         timings = {"queued_s": max(0.0, e.started - e.created_at), "encode_s": e.encoded - e.started,
                    "denoise_s": t_denoised - e.encoded, "decode_s": t_done - t_denoised,
                    "total_s": t_done - e.created_at}
         g = sj.job.geometry
         if not self.store.finish(e.job_id, e.token, "SUCCEEDED", fields={
-                "width": g.width, "height": g.height, "seed": sj.job.seed, "timings": json.dumps(timings)}):
+                "width": g.width, "height": g.height, "seed": sj.job.seed, "timings": json.dumps(timings),
+                **stored}):
             log.info("job taken over by another worker", extra={"job_id": e.job_id})
+            payloads.release(self.store.blobs, stored, payloads.RESULT)
             self._drop(e)
             return
         self._ack(e)

@@ -34,6 +34,7 @@ from longcat.api.names import DIFFUSERS_WEIGHTS, PEFT_CONFIG, PEFT_WEIGHTS, vali
 from longcat.api.prompts import check_prompt_length
 from longcat.api.training import Roots, TrainingSubmission
 from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound, Unavailable
+from longcat.jobs import payloads
 from longcat.jobs.connection import redis_unavailable_as_error
 from longcat.jobs.payload import payload_hash
 from longcat.jobs.store import JobStore, NotReplicated
@@ -74,6 +75,7 @@ class GatewayConfig:
     max_training_per_tenant: int = 10   # one API key owner's queued + running training jobs (0 = none)
     max_upload_bytes: int = 4096 << 20
     max_adapter_bytes: int = 2048 << 20   # largest uploaded LoRA file
+    reference_ttl_s: float = 7 * 86400    # a queued edit's reference image (a blob) is kept this long
 
 
 class GatewayCore:
@@ -159,12 +161,24 @@ class GatewayCore:
         msg.seed = req.seed
         with redis_unavailable_as_error(), self._retry_hint():
             resolve_edit_adapters(self.registry, caller, msg)  # -> canonical owner/name@vN, or NOT_FOUND
-            job_id, created, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(),
-                                                   request.request_id, deadline, self.config.max_queue,
-                                                   fields={"total_steps": req.num_inference_steps,
-                                                           "priority": priority}, priority=priority,
-                                                   payload_hash=payload_hash("edit", request),
-                                                   max_active=self._quota(caller, "edit"))
+            # The reference image goes to the blob store; Redis keeps the request without it and the reference.
+            blob = payloads.stash_reference(self.store.blobs, msg, self.config.reference_ttl_s)
+            try:
+                job_id, created, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(),
+                                                       request.request_id, deadline, self.config.max_queue,
+                                                       fields={"total_steps": req.num_inference_steps,
+                                                               "priority": priority, **blob}, priority=priority,
+                                                       payload_hash=payload_hash("edit", request),
+                                                       max_active=self._quota(caller, "edit"))
+            except LongCatError as exc:
+                # Refused (queue full, quota, request_id reused), or recorded without replicas' confirmation
+                # (kept only if it is ours). A Redis error lands elsewhere: the job may exist, so its blob
+                # stays (its TTL is the backstop).
+                if not (isinstance(exc, NotReplicated) and exc.created):
+                    payloads.release(self.store.blobs, blob, payloads.IMAGE)
+                raise
+            if not created:  # the same request_id again: the first job keeps its own reference
+                payloads.release(self.store.blobs, blob, payloads.IMAGE)
             self._follow_callback(caller, job_id, request.callback_url, request.callback_progress, created)
             return self.store.to_proto(self.store.get(job_id))
 
@@ -184,7 +198,10 @@ class GatewayCore:
         if view is None:
             raise NotFound("the job expired before its result was read", "job_id")
         if view.state == "SUCCEEDED":
-            return self.store.to_proto(view).result
+            job = self.store.to_proto(view)
+            if not job.result.image:  # its result blob is gone (the reason says so)
+                raise NotFound(job.reason or "the job's result image is no longer stored", "job_id")
+            return job.result
         if view.error_code == "DEADLINE_EXCEEDED":
             raise DeadlineExceeded(view.reason)
         raise JobFailed(view)

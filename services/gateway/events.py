@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from longcat.blobs import resolve
 from longcat.jobs.store import JobStore, as_str
 from longcat.v1 import common_pb2, edit_pb2
 
@@ -22,7 +23,7 @@ def to_event(store: JobStore, job_id: str, event_id: str, fields: dict) -> edit_
     elif kind == "progress":
         ev.progress.CopyFrom(common_pb2.StepProgress(
             step=_f(fields, "step", int), total=_f(fields, "total", int), elapsed_s=_f(fields, "elapsed_s"),
-            eta_s=_f(fields, "eta_s"), preview_png=fields.get("preview_png", b"")))
+            eta_s=_f(fields, "eta_s"), preview_png=resolve(store.blobs, fields, "preview_png")))
     elif kind == "training":
         ev.training.CopyFrom(edit_pb2.TrainingProgress(
             step=_f(fields, "step", int), total_steps=_f(fields, "total", int), loss=_f(fields, "loss"),
@@ -30,10 +31,10 @@ def to_event(store: JobStore, job_id: str, event_id: str, fields: dict) -> edit_
     elif kind == "validation":
         ev.validation.CopyFrom(edit_pb2.ValidationImage(
             step=_f(fields, "step", int), index=_f(fields, "index", int), prompt=as_str(fields.get("prompt", b"")),
-            image_png=fields.get("image_png", b"")))
+            image_png=resolve(store.blobs, fields, "image_png")))
     elif kind == "result_image":
         ev.result_image.CopyFrom(edit_pb2.ResultImage(name=as_str(fields.get("name", b"")),
-                                                      image_png=fields.get("image_png", b"")))
+                                                      image_png=resolve(store.blobs, fields, "image_png")))
     elif kind == "checkpoint":
         ev.checkpoint.CopyFrom(edit_pb2.Checkpoint(step=_f(fields, "step", int), path=as_str(fields.get("path", b""))))
     elif kind == "terminal":

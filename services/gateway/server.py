@@ -17,6 +17,8 @@ from longcat.api.edit import Limits
 from longcat.api.keys import Keys
 from longcat.api.prompts import load_prompt_tokenizer
 from longcat.api.training import Roots
+from longcat.blobs import open_blob_store, start_sweeper
+from longcat.blobs.flags import add_blob_args
 from longcat.errors import LongCatError
 from longcat.jobs.connection import REDIS_ERRORS, connect
 from longcat.jobs.store import JobStore
@@ -87,6 +89,12 @@ def build_parser(parser=None):
     p.add_argument("--max-adapter-mb", type=int, default=2048, help="largest uploaded LoRA file, MiB")
     p.add_argument("--http-port", type=int, default=8080,
                    help="HTTP port (OpenAI-compatible /v1/images/edits, REST jobs, /docs) on --host; 0 = off")
+    add_blob_args(p)
+    p.add_argument("--blob-ttl-s", type=int, default=7 * 86400,
+                   help="how long a queued edit's reference image is kept; a job still queued after that fails "
+                        "naming it (its result is kept --result-ttl-s)")
+    p.add_argument("--blob-sweep-s", type=float, default=60.0,
+                   help="how often expired blobs are removed from --blob-dir (0 = never, another sweeper runs)")
     p.add_argument("--callback-hosts", default="",
                    help="webhook allow-list: hosts (or host:port) callback_url may name, comma-separated; "
                         "empty = callback URLs refused")
@@ -120,6 +128,9 @@ class GatewaySettings(ServerSettings):
     max_adapter_mb: int
     http_port: int
     callback_hosts: str
+    blob_dir: str
+    blob_ttl_s: int
+    blob_sweep_s: float
 
 
 def monitor_redis(client, server: GrpcServer, stop: threading.Event, period_s: float = 2.0) -> None:
@@ -166,7 +177,8 @@ def serve(args: GatewaySettings) -> None:
     serve_metrics(args.metrics_port)
     client = connect(args.redis_url)
     keys = Keys(args.namespace)
-    store = JobStore(client, keys, result_ttl_s=args.result_ttl_s, **durability(args))
+    blobs = open_blob_store(args.blob_dir)  # reference images and results; Redis keeps references
+    store = JobStore(client, keys, result_ttl_s=args.result_ttl_s, blobs=blobs, **durability(args))
     auth = ApiKeys.load(args.api_keys_file or None, admins=args.admin_owners)
     # The model's tokenizer.json through `tokenizers` (no transformers, no torch): the same ids as the encoder.
     tokenizer = load_prompt_tokenizer(args.model) if args.model else None
@@ -189,7 +201,8 @@ def serve(args: GatewaySettings) -> None:
                                             max_active_per_tenant=args.max_active_per_tenant,
                                             max_training_per_tenant=args.max_training_per_tenant,
                                             max_upload_bytes=args.max_upload_mb * 1024 * 1024,
-                                            max_adapter_bytes=args.max_adapter_mb * 1024 * 1024),
+                                            max_adapter_bytes=args.max_adapter_mb * 1024 * 1024,
+                                            reference_ttl_s=args.blob_ttl_s),
                        roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer, model_shapes=shapes,
                        webhooks=Webhooks.from_flag(store, args.callback_hosts))
     services = [edit.SERVICE, training.SERVICE, adapters.SERVICE]
@@ -215,6 +228,7 @@ def serve(args: GatewaySettings) -> None:
     log.info("gateway up", extra={"auth": "on" if auth.enabled else "off", "redis": redact_url(args.redis_url),
                                   "http_port": args.http_port})
     threading.Thread(target=monitor_redis, args=(client, server, stop), daemon=True).start()
+    start_sweeper(blobs, args.blob_sweep_s, stop)
     server.wait()
     if http is not None:
         http.stop()

@@ -15,6 +15,8 @@ from longcat.adapters import AdapterStore
 from longcat.adapters.registry import AdapterRegistry
 from longcat.api.keys import Keys
 from longcat.api.training import Roots
+from longcat.blobs import open_blob_store
+from longcat.blobs.flags import add_blob_args
 from longcat.jobs.celery_app import QUEUE, TASK, make_app
 from longcat.jobs.connection import connect
 from longcat.jobs.store import JobStore
@@ -50,6 +52,7 @@ def build_parser(parser=None):
     p.add_argument("--max-attempts", type=int, default=3, help="deliveries before a training job is FAILED")
     p.add_argument("--reaper-period-s", type=float, default=10.0, help="how often dead workers' jobs are looked for")
     p.add_argument("--result-ttl-s", type=int, default=7 * 86400, help="how long finished jobs are kept")
+    add_blob_args(p)  # validation and result images of its events
     return p
 
 
@@ -79,12 +82,13 @@ class TrainerSettings(ServerSettings):
     max_attempts: int
     reaper_period_s: float
     result_ttl_s: int
+    blob_dir: str
 
 
 def build_context(args: TrainerSettings) -> TrainerContext:
     client = connect(args.redis_url)
     keys = Keys(args.namespace)
-    store = JobStore(client, keys, result_ttl_s=args.result_ttl_s)
+    store = JobStore(client, keys, result_ttl_s=args.result_ttl_s, blobs=open_blob_store(args.blob_dir))
     registry = AdapterRegistry(client, AdapterStore(os.path.expanduser(args.adapter_dir)), keys)
     return TrainerContext(store=store, registry=registry,
                           roots=Roots.make(args.data_root, args.output_root),
