@@ -120,11 +120,12 @@ class EditWorker:
                     if not self.stopping.is_set():
                         self.store.ensure_group()
                         if resume_own:
-                            self._take(self.store.read_own_pending(self.consumer, self.lookahead))
+                            self._take(self.store.read_own_pending(self.consumer, self.lookahead), resumed=True)
                             resume_own = False
-                        if self._room() and time.monotonic() >= next_reclaim:  # dead workers' jobs first
+                        if time.monotonic() >= next_reclaim:  # dead workers' jobs first, even when we are full:
+                            # they started already (their deadline runs), so they wait ahead of new entries
                             self._take(self.store.reclaim_stale(self.consumer, int(self.heartbeat_timeout_s * 1000),
-                                                                count=self._room()))
+                                                                count=max(1, self._room())), resumed=True)
                             next_reclaim = time.monotonic() + max(0.5, self.heartbeat_timeout_s / 4)
                         room = self._room()
                         if room:
@@ -157,14 +158,15 @@ class EditWorker:
     def _room(self) -> int:
         return max(0, self.lookahead - len(self.waiting))
 
-    def _take(self, entries) -> None:
+    def _take(self, entries, resumed: bool = False) -> None:
         for stream, entry_id, job_id in entries:
             if entry_id in self.held:
                 continue
             view = self.store.get(job_id)
             level = LEVELS.get((view.extra.get("priority") if view else "") or "", NORMAL)
             self._seq += 1
-            e = Entry(stream, entry_id, job_id, level, view.owner if view else "", self._seq)
+            # A resumed entry (reclaimed, or our own from before a restart) goes before new ones of its level.
+            e = Entry(stream, entry_id, job_id, level, view.owner if view else "", self._seq - (1 << 40) * resumed)
             with self._held_lock:
                 self.held[entry_id] = e
             self.waiting.append(e)
