@@ -102,16 +102,22 @@ def run_training_job(ctx: TrainerContext, job_id: str) -> str:
             config.resume_from_checkpoint = "latest"
 
         def on_event(event: dict) -> None:
-            for fields in _event_fields(event):
-                if not ctx.store.progress(job_id, token, fields):
-                    raise LeaseLost()
-            if event.get("type") == "step":
-                ctx.store.update(job_id, token, step=event["step"], total_steps=event["total"])
+            try:
+                for fields in _event_fields(event):
+                    if not ctx.store.progress(job_id, token, fields):
+                        raise LeaseLost()
+                if event.get("type") == "step":
+                    ctx.store.update(job_id, token, step=event["step"], total_steps=event["total"])
+            except REDIS_ERRORS:
+                pass  # a Redis blip costs events, not the run (the lease thread keeps trying; losing it stops us)
 
         def should_stop() -> bool:
             if lease.lost.is_set():
                 raise LeaseLost()
-            return ctx.store.cancel_requested(job_id)
+            try:
+                return ctx.store.cancel_requested(job_id)
+            except REDIS_ERRORS:
+                return False
 
         components = ctx.components(config.pretrained_model_name_or_path, config.base_model_precision)
         embedder = _embedder(ctx, config, components)
