@@ -55,11 +55,12 @@ class Fault:
     target: str            # denoiser-0, denoiser-1, trainer, redis
     at: float              # monotonic time of the SIGKILL
     held: list[str] = field(default_factory=list)   # jobs RUNNING on the victim at the kill
+    peer_up: bool = True                            # a denoiser: the other one was serving at the kill
     recovered_s: float | None = None                # until every one of them continued (or the stack served)
 
 
 class Chaos:
-    def __init__(self, root: Path, model: str, seed: int = 0, train_steps: int = 40):
+    def __init__(self, root: Path, model: str, seed: int = 0, train_steps: int = 40, edit_deadline_s: float = 3600):
         self.root, self.model, self.rng = Path(root), model, random.Random(seed)
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -84,6 +85,8 @@ class Chaos:
         self.stub = edit_pb2_grpc.EditServiceStub(make_channel(self.gateway.address))
         self.client = LongCatClient(self.gateway.address, retries=20)
         self.train_steps = train_steps
+        self.edit_deadline_s = edit_deadline_s  # the submit call's timeout: the job's deadline
+        self.train_jobs: list[str] = []
         self.acked: dict[str, str] = {}     # request_id -> job id
         self.doubled: list[str] = []
         self.codes: dict[str, int] = {}
@@ -104,7 +107,7 @@ class Chaos:
             rid = pending.pop(0) if pending else uuid.uuid4().hex
             try:
                 job = self.stub.SubmitEdit(request(size=64, steps=30, request_id=rid, seed=len(self.acked)),
-                                           timeout=30)
+                                           timeout=self.edit_deadline_s)
                 code = "OK"
                 if rid in self.acked and self.acked[rid] != job.id:
                     self.doubled.append(rid)
@@ -130,7 +133,19 @@ class Chaos:
                    "conditioning_data": ["ref-images"]},
                   {"id": "ref-images", "type": "local", "instance_data_dir": "ds/refs", "caption_strategy": None,
                    "resolution": 64, "cache_dir_vae": "cache/ds/ref"}]
-        self.train_job = self.client.train(config, loader, name="chaos", upload="never").id
+        config["output_dir"] = f"runs/chaos{len(self.train_jobs)}"
+        self.train_job = self.client.train(config, loader, name=f"chaos{len(self.train_jobs)}", upload="never").id
+        self.train_jobs.append(self.train_job)
+
+    def _keep_training(self) -> None:
+        """One training job at a time, the next one submitted when it ends: the trainer always has work."""
+        while not self._stop.wait(1.0):
+            try:
+                state = self.r.hget(self._key("job", self.train_job), "state")
+                if state is not None and state.decode() in TERMINAL:
+                    self.start_training()
+            except Exception:  # noqa: BLE001 - Redis or the gateway away during a fault: next round
+                continue
 
     # --- faults -----------------------------------------------------------------------------------------
 
@@ -140,7 +155,7 @@ class Chaos:
     def _running_on(self, prefix: str) -> dict[str, str]:
         """RUNNING jobs whose fencing token starts with ``prefix``: job id -> token."""
         out = {}
-        for job_id in [*self.acked.values(), self.train_job]:
+        for job_id in [*self.acked.values(), *self.train_jobs]:
             token = self.r.hget(self._key("job", job_id), "worker")
             if token and token.decode().startswith(prefix):
                 out[job_id] = token.decode()
@@ -166,6 +181,13 @@ class Chaos:
                 if busy or time.monotonic() > wait_until:
                     break
                 time.sleep(0.05)
+            if target != "trainer":
+                from longcat.rpc.channel import health_status
+
+                peer = self.denoisers[1 - int(target[-1])]
+                channel = make_channel(peer.address)
+                fault.peer_up = peer.proc.poll() is None and health_status(channel) == "SERVING"
+                channel.close()
             fault.at = time.monotonic()
             svc.proc.kill()
             svc.proc.wait(30)
@@ -206,7 +228,8 @@ class Chaos:
             submit_period_s: float = 0.5) -> None:
         """Load for ``duration_s`` with faults from ``schedule`` (in order; random targets when None)."""
         threads = [threading.Thread(target=self._submitter, args=(submit_period_s,), daemon=True),
-                   threading.Thread(target=self._sample_rss, daemon=True)]
+                   threading.Thread(target=self._sample_rss, daemon=True),
+                   threading.Thread(target=self._keep_training, daemon=True)]
         for t in threads:
             t.start()
         self.start_training()
@@ -226,7 +249,7 @@ class Chaos:
             svc.wait_serving(300)
 
     def wait_settled(self, timeout: float = 600.0) -> None:
-        ids = [*self.acked.values(), self.train_job]
+        ids = [*self.acked.values(), *self.train_jobs]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             states = [self.r.hget(self._key("job", j), "state") for j in ids]
@@ -239,11 +262,11 @@ class Chaos:
     def _events(self, job_id: str) -> list[dict]:
         return [{k.decode(): v for k, v in f.items()} for _, f in self.r.xrange(self._key("job", job_id, "events"))]
 
-    def training_reruns(self) -> list[int]:
-        """Steps each new attempt of the training job re-ran (the last step reached before minus the step it
+    def training_reruns(self, job_id: str) -> list[int]:
+        """Steps each new attempt of a training job re-ran (the last step reached before minus the step it
         resumed after)."""
         reruns, reached = [], 0
-        for ev in self._events(self.train_job):
+        for ev in self._events(job_id):
             if ev.get("kind", b"").decode() == "training":
                 step = int(ev["step"])
                 if step <= reached:
@@ -258,7 +281,7 @@ class Chaos:
         return job.result.image.startswith(b"\x89PNG")
 
     def verdict(self) -> dict:
-        lost, not_terminal, twice, no_png, states = [], [], [], [], {}
+        lost, not_terminal, twice, no_png, states, dishonest, reasons = [], [], [], [], {}, [], {}
         for job_id in self.acked.values():
             raw = self.r.hget(self._key("job", job_id), "state")
             if raw is None:
@@ -273,27 +296,43 @@ class Chaos:
                 twice.append(job_id)
             if state == "SUCCEEDED" and not self._has_png(job_id):
                 no_png.append(job_id)
-        train = self.r.hgetall(self._key("job", self.train_job))
-        train_state = train.get(b"state", b"").decode()
-        train_terminals = [e for e in self._events(self.train_job) if e.get("kind") == b"terminal"]
-        rec = {t: [f.recovered_s for f in self.faults if f.target.startswith(t) and f.recovered_s is not None]
-               for t in ("denoiser", "trainer", "redis")}
+            if state == "FAILED":
+                code, reason, attempts = (v.decode() if v else "" for v in self.r.hmget(
+                    self._key("job", job_id), "error_code", "reason", "attempts"))
+                head = f"{code}: {reason.split(';')[-1].strip()[:60]}" + (" (not run)" if "not run" in reason else "")
+                reasons[head] = reasons.get(head, 0) + 1
+                if "not run" in reason and int(attempts or 0) > 0:
+                    dishonest.append(job_id)  # "it was not run" said of a job an attempt had started
+        training = []
+        for job_id in self.train_jobs:
+            train = self.r.hgetall(self._key("job", job_id))
+            training.append({"state": train.get(b"state", b"").decode(), "step": int(train.get(b"step", b"0") or 0),
+                             "terminal_events": sum(e.get("kind") == b"terminal" for e in self._events(job_id)),
+                             "attempts": int(train.get(b"attempts", b"0") or 0), "reruns": self.training_reruns(job_id),
+                             "reason": train.get(b"reason", b"").decode()})
+        # Only faults that cost something: a killed process that held jobs, or Redis.
+        costly = [f for f in self.faults if f.held or f.target == "redis"]
+        rec = {"denoiser, peer up": [f.recovered_s for f in costly if f.target.startswith("denoiser") and f.peer_up],
+               "denoiser, peer down": [f.recovered_s for f in costly if f.target.startswith("denoiser")
+                                       and not f.peer_up],
+               "trainer (restarted)": [f.recovered_s for f in costly if f.target == "trainer"],
+               "redis": [f.recovered_s for f in costly if f.target == "redis"]}
+        rec = {k: [x for x in v if x is not None] for k, v in rec.items()}
         half = len(self.rss_kb) // 2
         early = statistics.median(self.rss_kb[2:half]) if half > 2 else 0
         late = statistics.median(self.rss_kb[half:]) if self.rss_kb[half:] else 0
         return {
             "accepted": len(self.acked), "states": states, "lost": lost, "not_terminal": not_terminal,
             "terminal_twice": twice, "succeeded_without_png": no_png, "duplicated_request_ids": self.doubled,
+            "failed_reasons": reasons, "dishonest_not_run": dishonest,
             "answers": self.codes,
             "faults": {t: sum(f.target.startswith(t) for f in self.faults) for t in ("denoiser", "trainer", "redis")},
             "faults_unrecovered": [f.target for f in self.faults if f.recovered_s is None],
             "recovery_s": {t: {"n": len(v), "p50": round(_pct(v, 0.5), 2), "max": round(max(v), 2) if v else None}
                            for t, v in rec.items()},
             "recovery_all_s": {f"{f.target}@{f.at - self.faults[0].at:.0f}s": (round(f.recovered_s, 2) if
-                               f.recovered_s is not None else None, len(f.held)) for f in self.faults},
-            "training": {"state": train_state, "terminal_events": len(train_terminals),
-                         "attempts": int(train.get(b"attempts", b"0") or 0), "reruns": self.training_reruns(),
-                         "checkpoint_steps": CHECKPOINT_STEPS, "reason": train.get(b"reason", b"").decode()},
+                               f.recovered_s is not None else None, len(f.held), f.peer_up) for f in self.faults},
+            "training": training, "checkpoint_steps": CHECKPOINT_STEPS,
             "gateway_rss_mb": {"early_median": round(early / 1024, 1), "late_median": round(late / 1024, 1),
                                "samples": len(self.rss_kb)},
         }
