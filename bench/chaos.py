@@ -1,6 +1,6 @@
 """Chaos on a real local stack, with the figures RELIABILITY.md quotes.
 
-    python bench/chaos.py [--minutes 5] [--seed 0] [--gap 6,12] [--edit-deadline-s 30] [--train-steps 200] [--model tiny]
+    python bench/chaos.py [--minutes 5] [--seed 0] [--gap 6,12] [--edit-deadline-s 30] [--trainers 1] [--train-steps 200] [--model tiny]
 
 Starts Redis (AOF, appendfsync everysec, as shipped), the encoder, two denoiser workers, a trainer and a gateway
 (tests/chaos_stack.py), streams edits (each acknowledged one retried with its request_id until the gateway
@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--gap", default="6,12", help="seconds between faults: min,max")
     ap.add_argument("--train-steps", type=int, default=200)
     ap.add_argument("--model", default="tiny")
+    ap.add_argument("--trainers", type=int, default=1, help="2: a killed trainer's job can continue on the other")
     ap.add_argument("--edit-deadline-s", type=float, default=30.0,
                     help="each edit's submit deadline: some expire while workers are down (honesty is checked)")
     args = ap.parse_args()
@@ -41,7 +42,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="longcat-chaos-") as tmp:
         t0 = time.monotonic()
         chaos = Chaos(Path(tmp), resolve_model(args.model), seed=args.seed, train_steps=args.train_steps,
-                      edit_deadline_s=args.edit_deadline_s)
+                      edit_deadline_s=args.edit_deadline_s, trainers=args.trainers)
         try:
             print(f"stack up in {time.monotonic() - t0:.0f}s; {args.minutes} min of faults", flush=True)
             chaos.run(args.minutes * 60, gap_s=gap)

@@ -46,6 +46,10 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+def _tid(i: int) -> str:
+    return "chaos-trainer" if i == 0 else f"chaos-trainer-{i}"
+
+
 def _pct(values: list[float], q: float) -> float:
     return sorted(values)[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
@@ -60,7 +64,8 @@ class Fault:
 
 
 class Chaos:
-    def __init__(self, root: Path, model: str, seed: int = 0, train_steps: int = 40, edit_deadline_s: float = 3600):
+    def __init__(self, root: Path, model: str, seed: int = 0, train_steps: int = 40, edit_deadline_s: float = 3600,
+                 trainers: int = 1):
         self.root, self.model, self.rng = Path(root), model, random.Random(seed)
         self.logs = self.root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -77,10 +82,13 @@ class Chaos:
         self.denoisers = [self._svc("denoiser", ["--model", model, *shared, "--encoder", self.encoder.address,
                                                  "--worker-id", f"chaos-d{i}", "--max-attempts", "20",
                                                  "--max-inflight", "2"], tag=str(i)) for i in range(2)]
-        self.trainer = self._svc("trainer", ["--model", model, *shared, *roots, "--worker-id", "chaos-trainer",
+        self.trainers = [self._svc("trainer", ["--model", model, *shared, *roots, "--worker-id", _tid(i),
+                                               "--max-attempts", "20"], tag=str(i)) for i in range(1, trainers)]
+        self.trainer = self._svc("trainer", ["--model", model, *shared, *roots, "--worker-id", _tid(0),
                                              "--max-attempts", "20"])
         self.gateway = self._svc("gateway", ["--model", model, *shared, *roots])
-        for svc in (self.encoder, *self.denoisers, self.trainer, self.gateway):
+        self.trainers.insert(0, self.trainer)
+        for svc in (self.encoder, *self.denoisers, *self.trainers, self.gateway):
             svc.wait_serving(300)
         self.stub = edit_pb2_grpc.EditServiceStub(make_channel(self.gateway.address))
         self.client = LongCatClient(self.gateway.address, retries=20)
@@ -171,17 +179,23 @@ class Chaos:
             threading.Thread(target=self._recovered_redis, args=(fault,), daemon=True).start()
         else:
             svc = self.trainer if target == "trainer" else self.denoisers[int(target[-1])]
-            prefix = "chaos-trainer:" if target == "trainer" else f"chaos-d{target[-1]}-"
+            prefix = f"{_tid(0)}:" if target == "trainer" else f"chaos-d{target[-1]}-"
             # Strike while the victim holds work (the trainer: mid-steps), so the fault costs something.
             wait_until = time.monotonic() + 10
             while True:
+                if target == "trainer":  # the trainer holding the training job
+                    token = (self.r.hget(self._key("job", self.train_job), "worker") or b"").decode()
+                    i = next((i for i in range(len(self.trainers)) if token.startswith(f"{_tid(i)}:")), 0)
+                    svc, prefix = self.trainers[i], f"{_tid(i)}:"
                 held = self._running_on(prefix)
                 busy = held and (target != "trainer" or int(self.r.hget(self._key("job", self.train_job), "step")
                                                            or 0) % CHECKPOINT_STEPS)
                 if busy or time.monotonic() > wait_until:
                     break
                 time.sleep(0.05)
-            if target != "trainer":
+            if target == "trainer":
+                fault.peer_up = len(self.trainers) > 1
+            else:
                 from longcat.rpc.channel import health_status
 
                 peer = self.denoisers[1 - int(target[-1])]
@@ -245,7 +259,7 @@ class Chaos:
         self._stop.set()
         for t in threads:
             t.join(60)
-        for svc in (*self.denoisers, self.trainer):  # everything back before the verdict
+        for svc in (*self.denoisers, *self.trainers):  # everything back before the verdict
             svc.wait_serving(300)
 
     def wait_settled(self, timeout: float = 600.0) -> None:
@@ -315,7 +329,8 @@ class Chaos:
         rec = {"denoiser, peer up": [f.recovered_s for f in costly if f.target.startswith("denoiser") and f.peer_up],
                "denoiser, peer down": [f.recovered_s for f in costly if f.target.startswith("denoiser")
                                        and not f.peer_up],
-               "trainer (restarted)": [f.recovered_s for f in costly if f.target == "trainer"],
+               "trainer, restarted": [f.recovered_s for f in costly if f.target == "trainer" and not f.peer_up],
+               "trainer, peer up": [f.recovered_s for f in costly if f.target == "trainer" and f.peer_up],
                "redis": [f.recovered_s for f in costly if f.target == "redis"]}
         rec = {k: [x for x in v if x is not None] for k, v in rec.items()}
         half = len(self.rss_kb) // 2
@@ -340,7 +355,7 @@ class Chaos:
     def close(self) -> None:
         self._stop.set()
         self.client.close()
-        for svc in (self.gateway, self.trainer, *self.denoisers, self.encoder):
+        for svc in (self.gateway, *self.trainers, *self.denoisers, self.encoder):
             if svc.proc is not None:
                 svc.stop(signal.SIGTERM, timeout=30)
         self.r.close()
@@ -348,7 +363,7 @@ class Chaos:
 
     def logs_tail(self) -> str:
         return "\n".join(f"--- {s.name} {s.address}\n{s.log()[-1500:]}" for s in
-                         (self.gateway, self.trainer, *self.denoisers))
+                         (self.gateway, *self.trainers, *self.denoisers))
 
 
 def dumps(verdict: dict) -> str:
