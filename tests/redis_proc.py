@@ -13,13 +13,15 @@ from longcat.launch import free_port
 
 
 class RedisProcess:
-    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True):
+    def __init__(self, data_dir: Path, port: int | None = None, appendonly: bool = True,
+                 appendfsync: str = "always"):
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed: run `make test` (it installs it) or "
                                "`apt-get install -y redis-server`")
         self.dir = Path(data_dir)
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync  # "everysec" is what `longcat up` and the deploy ship
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -28,7 +30,7 @@ class RedisProcess:
 
     def start(self) -> "RedisProcess":
         cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-               "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+               "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync,
                "--daemonize", "no", "--protected-mode", "yes"]
         self.proc = subprocess.Popen(cmd, stdout=open(self.dir / "redis.log", "ab"), stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
@@ -44,6 +46,12 @@ class RedisProcess:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
+            self.proc.wait(20)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save; what comes back is what the AOF had (see RELIABILITY.md)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
             self.proc.wait(20)
 
     def restart(self, down_s: float = 0.0) -> None:

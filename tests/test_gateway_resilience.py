@@ -232,9 +232,11 @@ def test_redis_restart_unavailable_then_recovery(redis_stack):
     assert got.state == edit_pb2.SUCCEEDED and got.result.image == before.image
     after = stub.Edit(request(64, 2, seed=3), timeout=120)
     assert after.job_id != before.job_id and after.image == before.image
-    # The job that was running when Redis went away is taken over once its worker is back, and finishes.
+    # The job that was running when Redis went away kept running (an outage costs progress events, not the
+    # attempt) and finishes; had it ended while Redis was away (its result could not be written), its worker
+    # would have resumed it at once from its own pending entries: a second attempt.
     final = wait_job(stub, in_flight.id, TERMINAL, 240)
     assert final.state == edit_pb2.SUCCEEDED and png_size(final.result.image) == (512, 512), final
-    assert final.attempts == 2 and len(terminal_events(watch(stub, in_flight.id))) == 1
+    assert final.attempts in (1, 2) and len(terminal_events(watch(stub, in_flight.id))) == 1
     assert s.live_workers() == s.workers  # nothing had to be restarted but Redis
     assert "redis unreachable; retrying" in s.workers[0].log_path.read_text()

@@ -84,3 +84,26 @@ def test_resume_refuses_another_adapter_shape(uninterrupted, dataset, components
         Trainer(config(tmp_path, resume_from_checkpoint="latest", lora_rank=8), dataset, components=components).run()
     assert info.value.field == "resume_from_checkpoint"
     assert not getattr(components.transformer, "peft_config", None)  # cleaned up after the failure
+
+
+def test_time_based_checkpoints_bound_what_a_kill_re_runs_and_resume_exactly(uninterrupted, dataset, components,
+                                                                           tmp_path):
+    """A trainer's --checkpoint-every-s: with it at ~0 every step checkpoints, so a kill re-runs nothing that
+    finished, and the run still ends bit-identical (saving draws no randomness)."""
+    out, reference = uninterrupted
+
+    def crash_at_7(event):
+        if event["type"] == "step" and event["step"] == 7:
+            raise RuntimeError("worker lost")
+
+    cfg = config(tmp_path, checkpointing_steps=None, checkpoints_total_limit=1)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        Trainer(cfg, dataset, components=components, on_event=crash_at_7, checkpoint_every_s=1e-9).run()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-6"]
+
+    events = []
+    resumed = Trainer(dict(cfg, resume_from_checkpoint="latest"), dataset, components=components,
+                      on_event=events.append, checkpoint_every_s=1e-9).run()
+    assert [e["step"] for e in events if e["type"] == "step"] == list(range(7, 13))
+    assert resumed.losses == reference.losses
+    assert (tmp_path / WEIGHTS).read_bytes() == (out / WEIGHTS).read_bytes()

@@ -192,7 +192,8 @@ class StepScheduler:
         if sj.error is None and sj.cancel is not None and sj.cancel.is_set():
             sj.error = Cancelled(f"cancelled before step {sj.index + 1} of {sj.total}")
         if sj.error is None and sj.deadline and time.time() > sj.deadline:
-            sj.error = DeadlineExceeded("its deadline passed while it was running")
+            sj.error = DeadlineExceeded(f"its deadline passed during the run, before step {sj.index + 1} of "
+                                        f"{sj.total}; it was not finished")
         return sj.error is not None
 
     def _retire(self, sj: StepJob) -> None:

@@ -22,6 +22,18 @@ return 0
 """
 
 
+_DROP_PREFIXED = """
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def drop_if_prefixed(client: redis.Redis, key: str, prefix: str) -> bool:
+    """Delete a lease whose token starts with ``prefix`` (atomic: a lease another worker took meanwhile stays)."""
+    return bool(client.eval(_DROP_PREFIXED, 1, key, prefix))
+
+
 class Lease:
     def __init__(self, client: redis.Redis, key: str, token: str, ttl_s: float):
         self.r = client

@@ -63,11 +63,32 @@ end
 return {1, ARGV[1], pos}
 """
 
+# Epoch seconds -> "YYYY-MM-DDTHH:MM:SS.mmmZ" (Redis's Lua has no os.date; civil-from-days arithmetic).
+ISO_UTC = """
+local function iso(t)
+  t = tonumber(t)
+  local ms = math.floor((t % 1) * 1000)
+  local s = math.floor(t)
+  local days, rem = math.floor(s / 86400), s % 86400
+  local z = days + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400 + (m <= 2 and 1 or 0)
+  return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%03dZ', y, m, d, math.floor(rem / 3600),
+                       math.floor(rem % 3600 / 60), rem % 60, ms)
+end
+"""
+
 # KEYS: job, queue(zset), events, dead
 # ARGV: job_id, token, now, max_attempts, ttl
 # -> {outcome, attempts}; outcome: RUNNING (run it), EXPIRED / DEAD (made terminal here), a terminal state
 #    (nothing to do), or MISSING.
-CLAIM = RELEASE_ACTIVE + """
+CLAIM = RELEASE_ACTIVE + ISO_UTC + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'MISSING', 0} end
 if state ~= 'QUEUED' and state ~= 'RUNNING' then return {state, 0} end
@@ -82,7 +103,14 @@ local function finish(st, code, reason)
 end
 local deadline = tonumber(redis.call('HGET', KEYS[1], 'deadline') or '0')
 if deadline > 0 and tonumber(ARGV[3]) > deadline then
-  finish('FAILED', 'DEADLINE_EXCEEDED', 'its deadline passed before a worker could run it; it was not run')
+  -- Honest: "not run" only when no attempt ever started; otherwise say which attempt the deadline cut short.
+  local started = redis.call('HGET', KEYS[1], 'attempt_started_at')
+  if attempts == 0 or not started then
+    finish('FAILED', 'DEADLINE_EXCEEDED', 'its deadline passed before a worker could run it; it was not run')
+  else
+    finish('FAILED', 'DEADLINE_EXCEEDED', 'attempt ' .. attempts .. ' started at ' .. iso(started) ..
+           '; its deadline (' .. iso(deadline) .. ') passed during the run, before it could finish')
+  end
   return {'EXPIRED', attempts}
 end
 -- attempts counts the times a worker took the job; the next take would be one too many: dead letter.
@@ -94,7 +122,7 @@ if attempts >= tonumber(ARGV[4]) then
   return {'DEAD', attempts}
 end
 attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'worker', ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'worker', ARGV[2], 'attempt_started_at', ARGV[3])
 if redis.call('HEXISTS', KEYS[1], 'started_at') == 0 then redis.call('HSET', KEYS[1], 'started_at', ARGV[3]) end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', 10000, '*', 'kind', 'running', 'state', 'RUNNING', 'time', ARGV[3],
            'message', 'attempt ' .. attempts)

@@ -309,6 +309,12 @@ class JobStore:
 
         return Lease(self.r, self.k.train_lease(job_id), token, ttl_s)
 
+    def drop_lease_of(self, job_id: str, token_prefix: str) -> bool:
+        """Delete the job's lease if its token starts with ``token_prefix`` (a dead run of this same worker)."""
+        from longcat.jobs.lease import drop_if_prefixed
+
+        return drop_if_prefixed(self.r, self.k.train_lease(job_id), token_prefix)
+
     def lease_held(self, job_id: str) -> bool:
         return bool(self.r.exists(self.k.train_lease(job_id)))
 
@@ -379,6 +385,27 @@ class JobStore:
             got = self.r.xreadgroup(EDIT_GROUP, consumer, {s: ">" for s in self.k.edit_streams}, count=1,
                                     block=block_ms)
             out = [(as_str(st), as_str(eid), as_str(f[b"job"])) for st, entries in got for eid, f in entries]
+        return out
+
+    def read_own_pending(self, consumer: str, count: int = 100) -> list[tuple[str, str, str]]:
+        """Entries delivered to ``consumer`` and never acknowledged (its PEL, read with id 0): a worker restarted
+        under the same name, or back from a Redis outage, resumes them at once instead of waiting for another
+        worker to reclaim them."""
+        out = []
+        for stream in self.k.edit_streams:
+            try:
+                got = self.r.xreadgroup(EDIT_GROUP, consumer, {stream: "0"}, count=count)
+            except redis.ResponseError as exc:
+                if not _nogroup(exc):
+                    raise
+                self.ensure_group()
+                continue
+            for _, entries in got:
+                for eid, f in entries:
+                    if f:
+                        out.append((stream, as_str(eid), as_str(f[b"job"])))
+                    else:  # trimmed away: nothing to run, drop it from the PEL
+                        self.r.xack(stream, EDIT_GROUP, eid)
         return out
 
     def reclaim_stale(self, consumer: str, min_idle_ms: int, count: int = 1) -> list[tuple[str, str, str]]:

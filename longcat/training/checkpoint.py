@@ -92,6 +92,7 @@ def save_checkpoint(state: TrainState, output_dir: str | os.PathLike, meta: dict
     torch.save(capture_rng(state.generator), tmp / "rng.pt")
     full = dict(meta, step=state.step, losses=state.losses, format_version=FORMAT_VERSION)
     (tmp / STATE_FILE).write_text(json.dumps(full, indent=1) + "\n")
+    _fsync_tree(tmp)  # on disk before it is renamed into place: a machine crash never leaves a torn "latest"
     if final.exists():  # the same step again after a resume: swap, never leave a moment with none
         old = root / f".old-checkpoint-{state.step}-{os.getpid()}"
         os.replace(final, old)
@@ -99,8 +100,33 @@ def save_checkpoint(state: TrainState, output_dir: str | os.PathLike, meta: dict
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+    _fsync_dir(root)
     rotate(output_dir, total_limit)
     return final
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.iterdir():
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # a platform without directory fds: the rename is still atomic, just not yet durable
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def rotate(output_dir: str | os.PathLike, total_limit: int | None) -> list[Path]:

@@ -58,7 +58,8 @@ class Trainer:
     def __init__(self, config: TrainingConfig | str | dict, dataloader: DataloaderConfig | str | list, *,
                  on_event: EventSink | None = None, should_stop: Callable[[], bool] | None = None,
                  should_pause: Callable[[], bool] | None = None,
-                 components=None, embedder: Embedder | None = None, device: str | None = None):
+                 components=None, embedder: Embedder | None = None, device: str | None = None,
+                 checkpoint_every_s: float = 0.0):
         self.config = config if isinstance(config, TrainingConfig) else parse_config(config)
         self.dataloader = dataloader if isinstance(dataloader, DataloaderConfig) else parse_dataloader(dataloader)
         self.events = Events(on_event)
@@ -68,6 +69,8 @@ class Trainer:
         self.components = components
         self.embedder = embedder
         self.device = device
+        # Also checkpoint when this long passed since the last one (a trainer's bound on what a kill re-runs).
+        self.checkpoint_every_s = checkpoint_every_s
         # Set while running, for sinks and tests that want to look inside (e.g. evaluation_loss).
         self.dataset: PairDataset | None = None
         self.state: TrainState | None = None
@@ -155,6 +158,7 @@ class Trainer:
 
         self.events.emit("phase", phase="training")
         t0, first = time.perf_counter(), state.step
+        last_checkpoint = time.monotonic()
         while state.step < total:
             if self.should_stop():
                 result.status = "cancelled"
@@ -170,8 +174,12 @@ class Trainer:
             elapsed = time.perf_counter() - t0
             eta = elapsed / (state.step - first) * (total - state.step)
             self.events.emit("step", step=state.step, total=total, loss=loss, lr=lr, eta_s=round(eta, 3))
-            if c.checkpointing_steps and state.step % c.checkpointing_steps == 0:
+            due = bool(c.checkpointing_steps) and state.step % c.checkpointing_steps == 0
+            if not due and self.checkpoint_every_s and state.step < total:
+                due = time.monotonic() - last_checkpoint >= self.checkpoint_every_s
+            if due:  # cheap: LoRA weights + optimizer/scheduler/RNG state (checkpoint.py); saving draws no RNG
                 path = ckpt.save_checkpoint(state, out, run_meta, rank, alpha, c.checkpoints_total_limit)
+                last_checkpoint = time.monotonic()
                 result.checkpoints.append(path)
                 self.events.emit("checkpoint", step=state.step, path=str(path))
             if validator and c.validation_steps and state.step % c.validation_steps == 0 and state.step < total:

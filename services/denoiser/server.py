@@ -53,8 +53,12 @@ def build_parser(parser=None):
     p.add_argument("--redis-url", default="", help="consume edit jobs from this Redis ('' = gRPC only)")
     p.add_argument("--namespace", default="lc", help="Redis key prefix (as the gateway's)")
     p.add_argument("--encoder", default="127.0.0.1:50061", help="encoder service address for edit jobs")
-    p.add_argument("--heartbeat-timeout-s", type=float, default=30.0,
-                   help="a job whose worker is silent this long is taken over by another worker")
+    p.add_argument("--heartbeat-timeout-s", type=float, default=6.0,
+                   help="a job whose worker is silent this long is taken over by another worker (beats every "
+                        "fifth of it; a crashed worker's job continues elsewhere within about this long)")
+    p.add_argument("--worker-id", default="",
+                   help="this worker's consumer name, stable across restarts so a restarted worker resumes its "
+                        "own pending jobs at once ('' = POD_NAME, else host-port); unique per live worker")
     p.add_argument("--max-attempts", type=int, default=3, help="deliveries before a job is FAILED (dead letter)")
     p.add_argument("--encoder-timeout-s", type=float, default=60.0,
                    help="how long a job waits for the encoder (also while it restarts) before the attempt fails")
@@ -86,6 +90,7 @@ class DenoiserSettings(ModelServerSettings):
     namespace: str
     encoder: str
     heartbeat_timeout_s: float
+    worker_id: str
     max_attempts: int
     encoder_timeout_s: float
     result_ttl_s: int
@@ -202,10 +207,17 @@ def start_worker(args: DenoiserSettings, backend: DenoiserBackend):
                              max_batch_tokens=args.max_batch_tokens or default.max_batch_tokens)
     worker = EditWorker(store, backend, EncoderClient(args.encoder), heartbeat_timeout_s=args.heartbeat_timeout_s,
                         max_attempts=args.max_attempts, encoder_timeout_s=args.encoder_timeout_s, bounds=bounds,
-                        lookahead=args.lookahead)
+                        lookahead=args.lookahead, name=worker_id(args))
     threading.Thread(target=worker.run_forever, name="edit-worker", daemon=True).start()
     log.info("consuming edit jobs", extra={"redis": redact_url(args.redis_url), "namespace": args.namespace})
     return worker
+
+
+def worker_id(args: DenoiserSettings) -> str:
+    """Stable across restarts of this worker: the flag, the pod's name, or host and gRPC port."""
+    import socket
+
+    return args.worker_id or os.environ.get("POD_NAME", "") or f"{socket.gethostname()}-{args.port}"
 
 
 def main(argv=None) -> None:

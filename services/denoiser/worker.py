@@ -65,6 +65,11 @@ class Entry:
     encoded: float = 0.0
     created_at: float = 0.0
     steps: int = 0
+    attempt: int = 0
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
 
 
 class JobTakenOver(Exception):
@@ -72,7 +77,7 @@ class JobTakenOver(Exception):
 
 
 class EditWorker:
-    def __init__(self, store: JobStore, backend: DenoiserBackend, encoder, heartbeat_timeout_s: float = 30.0,
+    def __init__(self, store: JobStore, backend: DenoiserBackend, encoder, heartbeat_timeout_s: float = 6.0,
                  max_attempts: int = 3, block_ms: int = 1000, name: str | None = None,
                  encoder_timeout_s: float = 60.0, bounds: SchedulerBounds | None = None, lookahead: int = 0):
         self.store = store
@@ -82,7 +87,11 @@ class EditWorker:
         self.max_attempts = max_attempts
         self.encoder_timeout_s = encoder_timeout_s  # an attempt waits this long for the encoder, then fails
         self.block_ms = block_ms
+        # The consumer name is stable across restarts when ``name`` is (see --worker-id): a restarted worker
+        # finds its own pending entries under it and resumes them at once.
         self.consumer = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # Fencing tokens stay unique per process (and name the pid, which operators and tests read).
+        self._token_prefix = self.consumer if not name else f"{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.scheduler = StepScheduler(backend.loop, backend.adapters, bounds)
         # Entries read but not yet admitted: enough to choose by priority and tenant, never more than this.
         self.lookahead = lookahead or 2 * self.scheduler.bounds.max_inflight
@@ -100,6 +109,7 @@ class EditWorker:
     def run_forever(self) -> None:
         backoff = 0.2
         next_reclaim = 0.0
+        resume_own = True  # at start, and again after Redis came back: our own pending entries first
         log.info("worker started", extra={"consumer": self.consumer, "max_inflight": self.scheduler.bounds.max_inflight,
                                           "max_batch_tokens": self.scheduler.bounds.max_batch_tokens})
         done = threading.Event()
@@ -110,9 +120,13 @@ class EditWorker:
                 try:
                     if not self.stopping.is_set():
                         self.store.ensure_group()
-                        if self._room() and time.monotonic() >= next_reclaim:  # dead workers' jobs first
+                        if resume_own:
+                            self._take(self.store.read_own_pending(self.consumer, self.lookahead), resumed=True)
+                            resume_own = False
+                        if time.monotonic() >= next_reclaim:  # dead workers' jobs first, even when we are full:
+                            # they started already (their deadline runs), so they wait ahead of new entries
                             self._take(self.store.reclaim_stale(self.consumer, int(self.heartbeat_timeout_s * 1000),
-                                                                count=self._room()))
+                                                                count=max(1, self._room())), resumed=True)
                             next_reclaim = time.monotonic() + max(0.5, self.heartbeat_timeout_s / 4)
                         room = self._room()
                         if room:
@@ -128,8 +142,9 @@ class EditWorker:
                     backoff = 0.2
                 except REDIS_ERRORS as exc:
                     log.warning("redis unreachable; retrying", extra={"error": str(exc), "retry_in_s": backoff})
+                    resume_own = True
                     self.stopping.wait(backoff)
-                    backoff = min(backoff * 2, 10.0)
+                    backoff = min(backoff * 2, 2.0)  # a short outage costs at most ~2 s more
                 except Exception:  # noqa: BLE001 - a worker never dies of one bad job
                     log.exception("worker loop error")
                     self.stopping.wait(1.0)
@@ -144,14 +159,15 @@ class EditWorker:
     def _room(self) -> int:
         return max(0, self.lookahead - len(self.waiting))
 
-    def _take(self, entries) -> None:
+    def _take(self, entries, resumed: bool = False) -> None:
         for stream, entry_id, job_id in entries:
             if entry_id in self.held:
                 continue
             view = self.store.get(job_id)
             level = LEVELS.get((view.extra.get("priority") if view else "") or "", NORMAL)
             self._seq += 1
-            e = Entry(stream, entry_id, job_id, level, view.owner if view else "", self._seq)
+            # A resumed entry (reclaimed, or our own from before a restart) goes before new ones of its level.
+            e = Entry(stream, entry_id, job_id, level, view.owner if view else "", self._seq - (1 << 40) * resumed)
             with self._held_lock:
                 self.held[entry_id] = e
             self.waiting.append(e)
@@ -183,8 +199,9 @@ class EditWorker:
 
     def _start(self, e: Entry) -> bool:
         """Claim, encode, admit; False when the job must wait (its adapters do not fit beside those in use)."""
-        e.token = f"{self.consumer}:{uuid.uuid4().hex[:8]}"
+        e.token = f"{self._token_prefix}:{uuid.uuid4().hex[:8]}"
         outcome, attempts = self.store.claim(e.job_id, e.token, self.max_attempts)
+        e.attempt = attempts
         if outcome != "RUNNING":  # cancelled while queued, expired, dead-lettered, or already done
             log.info("job not run", extra={"job_id": e.job_id, "outcome": outcome, "attempts": attempts})
             self._ack(e)
@@ -236,10 +253,13 @@ class EditWorker:
                      "elapsed_s": ev.elapsed_s, "eta_s": ev.eta_s}
             if ev.preview is not None:
                 event["preview_png"] = encode_png(to_pil(ev.preview)[0])
-            if not store.progress(job_id, token, event):
-                raise JobTakenOver()
-            if store.cancel_requested(job_id):
-                cancel.set()
+            try:
+                if not store.progress(job_id, token, event):
+                    raise JobTakenOver()
+                if store.cancel_requested(job_id):
+                    cancel.set()
+            except REDIS_ERRORS:
+                pass  # a Redis blip costs one progress event, not the job (the heartbeat keeps the entry ours)
 
         return StepJob(job, adapters=[(a.name, a.scale) for a in req.adapters], priority=e.priority,
                        tenant=e.tenant, batchable=req.speed_preset == EXACT, on_step=on_step, cancel=cancel,
@@ -254,7 +274,7 @@ class EditWorker:
         def on_step(ev: StepEvent) -> None:
             sj.on_step(ev)
             if sj.deadline and time.time() > sj.deadline:
-                raise DeadlineExceeded("its deadline passed while it was running")
+                raise DeadlineExceeded("its deadline passed during the run; it was not finished")
 
         try:
             stage = run_denoise_stage(self.backend.loop, self.backend.adapters, StageRequest(
@@ -276,7 +296,7 @@ class EditWorker:
                                        metadata=[("x-request-id", job_id)])
         except DeadlineExceeded:
             if deadline and time.time() >= deadline:
-                raise DeadlineExceeded("its deadline passed while it was running") from None
+                raise DeadlineExceeded("its deadline passed during the run; it was not finished") from None
             # Our own wait ran out, not the client's deadline: the encoder is down, retry on another delivery.
             raise Unavailable("the encoder service was unreachable") from None
 
@@ -327,7 +347,10 @@ class EditWorker:
             self.store.finish(e.job_id, e.token, "CANCELLED", "CANCELLED", str(exc))
             self._ack(e)
         elif isinstance(exc, PERMANENT):
-            self.store.finish(e.job_id, e.token, "FAILED", exc.code, str(exc))
+            reason = str(exc)
+            if isinstance(exc, DeadlineExceeded) and e.started:  # say which attempt ran when it passed
+                reason = f"attempt {e.attempt} started at {_iso(e.started)}; {reason}"
+            self.store.finish(e.job_id, e.token, "FAILED", exc.code, reason)
             self._ack(e)
         elif isinstance(exc, REDIS_ERRORS):
             self._drop(e)

@@ -12,9 +12,9 @@ from longcat.jobs.store import JobStore
 log = logging.getLogger("longcat.trainer.reaper")
 
 
-def reap_once(store: JobStore, dispatch) -> list[str]:
+def reap_once(store: JobStore, dispatch, lock_ms: int = 5000) -> list[str]:
     """One pass (guarded so only one worker reaps at a time). Returns the job ids dispatched again."""
-    if not store.try_lock("train-reaper", 5000):
+    if not store.try_lock("train-reaper", lock_ms):
         return []
     again = []
     for job_id in store.active_training_jobs():
@@ -35,10 +35,30 @@ def reap_once(store: JobStore, dispatch) -> list[str]:
     return again
 
 
+def take_back_own_jobs(store: JobStore, consumer: str, dispatch) -> list[str]:
+    """At start: leases still held under this trainer's (stable) name belong to its previous, dead run (a live
+    one would hold another name). Drop them and dispatch their jobs now, instead of waiting for them to expire
+    and the reaper to notice; the next attempt resumes from the last checkpoint, and fencing stays with claims."""
+    again = []
+    try:
+        for job_id in store.active_training_jobs():
+            if store.drop_lease_of(job_id, f"{consumer}:"):
+                log.warning("resuming a training job this trainer held before it restarted", extra={"job_id": job_id})
+                store.add_event(job_id, {"kind": "message", "state": "RUNNING",
+                                         "message": "its worker restarted; resuming from the last checkpoint"})
+                dispatch(job_id)
+                again.append(job_id)
+    except REDIS_ERRORS as exc:
+        log.warning("could not look for this trainer's own jobs; the reaper will find them", extra={"error": str(exc)})
+    return again
+
+
 def run_reaper(store: JobStore, dispatch, stop: threading.Event, period_s: float) -> None:
+    # The pass lock lives a little less than a period, so some trainer reaps every period (not every 5 s).
+    lock_ms = max(200, int(period_s * 800))
     while not stop.wait(period_s):
         try:
-            reap_once(store, dispatch)
+            reap_once(store, dispatch, lock_ms)
         except REDIS_ERRORS as exc:
             log.warning("reaper: redis unreachable", extra={"error": str(exc)})
         except Exception:  # noqa: BLE001

@@ -45,9 +45,10 @@ class TrainerContext:
     device: str | None = None
     precision: str | None = None
     encoder: str = ""                     # encoder service address for embeddings_source=encoder_service
-    lease_ttl_s: float = 30.0
+    lease_ttl_s: float = 6.0
     max_attempts: int = 3
     consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    checkpoint_every_s: float = 0.0       # also checkpoint when this long passed since the last one (0 = off)
     running: dict = field(default_factory=dict)
     shutting_down: threading.Event = field(default_factory=threading.Event)  # set on the worker's SIGTERM
     _components: dict = field(default_factory=dict)
@@ -74,7 +75,7 @@ def run_training_job(ctx: TrainerContext, job_id: str) -> str:
     view = ctx.store.get(job_id)
     if view is None or view.terminal:
         return view.state if view else "MISSING"
-    token = f"{ctx.consumer}:{uuid.uuid4().hex[:8]}"
+    token = f"{ctx.consumer}:{os.getpid()}-{uuid.uuid4().hex[:8]}"
     lease = ctx.store.lease(job_id, token, ctx.lease_ttl_s)
     ctx.store.mark_active(job_id)  # before the lease: the reaper must always see a held job
     if not lease.acquire():
@@ -101,16 +102,22 @@ def run_training_job(ctx: TrainerContext, job_id: str) -> str:
             config.resume_from_checkpoint = "latest"
 
         def on_event(event: dict) -> None:
-            for fields in _event_fields(event):
-                if not ctx.store.progress(job_id, token, fields):
-                    raise LeaseLost()
-            if event.get("type") == "step":
-                ctx.store.update(job_id, token, step=event["step"], total_steps=event["total"])
+            try:
+                for fields in _event_fields(event):
+                    if not ctx.store.progress(job_id, token, fields):
+                        raise LeaseLost()
+                if event.get("type") == "step":
+                    ctx.store.update(job_id, token, step=event["step"], total_steps=event["total"])
+            except REDIS_ERRORS:
+                pass  # a Redis blip costs events, not the run (the lease thread keeps trying; losing it stops us)
 
         def should_stop() -> bool:
             if lease.lost.is_set():
                 raise LeaseLost()
-            return ctx.store.cancel_requested(job_id)
+            try:
+                return ctx.store.cancel_requested(job_id)
+            except REDIS_ERRORS:
+                return False
 
         try:
             components = ctx.components(config.pretrained_model_name_or_path, config.base_model_precision)
@@ -118,7 +125,8 @@ def run_training_job(ctx: TrainerContext, job_id: str) -> str:
             raise _unloadable(config.pretrained_model_name_or_path, exc) from exc
         embedder = _embedder(ctx, config, components)
         result = Trainer(config, submission.dataloader, on_event=on_event, should_stop=should_stop,
-                         should_pause=ctx.shutting_down.is_set, components=components, embedder=embedder).run()
+                         should_pause=ctx.shutting_down.is_set, components=components, embedder=embedder,
+                         checkpoint_every_s=ctx.checkpoint_every_s).run()
         if result.status == "paused":
             # This worker is going away: the checkpoint is written, the lease is released below, and the
             # reaper of a live worker dispatches the job again; it resumes from this step. A pause is not a

@@ -27,7 +27,7 @@ from longcat.rpc.handler import rpc_method
 from longcat.rpc.metrics import serve_metrics
 from longcat.rpc.server import GrpcServer
 from longcat.v1 import trainer_pb2, trainer_pb2_grpc
-from services.trainer.reaper import run_reaper
+from services.trainer.reaper import run_reaper, take_back_own_jobs
 from services.trainer.runner import TrainerContext, run_training_job
 
 log = logging.getLogger("longcat.trainer")
@@ -47,10 +47,19 @@ def build_parser(parser=None):
     p.add_argument("--output-root", default="~/.cache/longcat/outputs", help="training outputs live inside")
     p.add_argument("--encoder", default="127.0.0.1:50061",
                    help="encoder service for jobs with embeddings_source=encoder_service")
-    p.add_argument("--lease-ttl-s", type=float, default=30.0,
-                   help="a job whose worker is silent this long is dispatched again (resuming)")
+    p.add_argument("--lease-ttl-s", type=float, default=6.0,
+                   help="a job whose worker is silent this long is dispatched again (resuming); renewed every "
+                        "third of it")
     p.add_argument("--max-attempts", type=int, default=3, help="deliveries before a training job is FAILED")
-    p.add_argument("--reaper-period-s", type=float, default=10.0, help="how often dead workers' jobs are looked for")
+    p.add_argument("--reaper-period-s", type=float, default=2.0, help="how often dead workers' jobs are looked for")
+    p.add_argument("--worker-id", default="",
+                   help="this trainer's name, stable across restarts: a restarted trainer takes back the jobs its "
+                        "previous run held at once, without waiting for their leases to expire ('' = POD_NAME, "
+                        "else host-port); unique per live trainer")
+    p.add_argument("--checkpoint-every-s", type=float, default=0.0,
+                   help="also checkpoint a running job whenever this many seconds passed since its last "
+                        "checkpoint (bounds what a kill re-runs whatever the job's checkpointing_steps; 0 = the "
+                        "job's checkpointing_steps only)")
     p.add_argument("--result-ttl-s", type=int, default=7 * 86400, help="how long finished jobs are kept")
     add_blob_args(p)  # validation and result images of its events
     return p
@@ -81,6 +90,8 @@ class TrainerSettings(ServerSettings):
     lease_ttl_s: float
     max_attempts: int
     reaper_period_s: float
+    worker_id: str
+    checkpoint_every_s: float
     result_ttl_s: int
     blob_dir: str
 
@@ -94,7 +105,15 @@ def build_context(args: TrainerSettings) -> TrainerContext:
                           roots=Roots.make(args.data_root, args.output_root),
                           model=args.model, device=None if args.device == "auto" else args.device,
                           precision=args.precision or None, encoder=args.encoder, lease_ttl_s=args.lease_ttl_s,
-                          max_attempts=args.max_attempts)
+                          max_attempts=args.max_attempts, consumer=trainer_id(args),
+                          checkpoint_every_s=args.checkpoint_every_s)
+
+
+def trainer_id(args: TrainerSettings) -> str:
+    """Stable across restarts of this trainer: the flag, the pod's name, or host and gRPC port."""
+    import socket
+
+    return args.worker_id or os.environ.get("POD_NAME", "") or f"{socket.gethostname()}-{args.port}"
 
 
 def serve(args: TrainerSettings) -> None:
@@ -122,6 +141,7 @@ def serve(args: TrainerSettings) -> None:
     trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(ctx), server.server)
     server.start()
     stop = threading.Event()
+    take_back_own_jobs(ctx.store, ctx.consumer, dispatch)  # what this trainer held before a crash, at once
     threading.Thread(target=run_reaper, args=(ctx.store, dispatch, stop, args.reaper_period_s), daemon=True).start()
     server.mark_serving()
     log.info("trainer up", extra={"queue": QUEUE, "redis": redact_url(args.redis_url)})
