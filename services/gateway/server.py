@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from dataclasses import dataclass
-
-from grpc_health.v1 import health_pb2
 
 from longcat.adapters.check import ModelShapes
 from longcat.adapters.registry import AdapterRegistry
@@ -23,11 +22,10 @@ from longcat.logs import setup_logging
 from longcat.redact import redact_url
 from longcat.rpc.config import EnvDefaults, ServerSettings, add_server_args
 from longcat.rpc.metrics import serve_metrics
-from longcat.rpc.server import GrpcServer
-from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc, training_pb2_grpc
-from services.gateway import adapters, edit, training
+from services.gateway.aio_main import serve_grpc
 from services.gateway.auth import ApiKeys
 from services.gateway.core import GatewayConfig, GatewayCore
+from services.gateway.hub import EventHub
 from services.gateway.webhooks import Webhooks
 
 log = logging.getLogger("longcat.gateway")
@@ -55,7 +53,7 @@ def durability(args) -> dict:
 
 def build_parser(parser=None):
     p = parser or EnvDefaults(prog="longcat serve gateway", description="The public gateway.")
-    # Its handlers mostly wait on Redis (a blocking Edit holds one for the whole job): many threads, cheap.
+    # Threads for short calls (Redis round trips, uploads); waiting calls (WatchJob, Edit, SSE) hold none.
     add_server_args(p, "gateway", threads=64)
     add_stack_args(p)
     p.add_argument("--model", default="", help="load this model's tokenizer to check prompt lengths ('' = skip)")
@@ -71,6 +69,8 @@ def build_parser(parser=None):
     p.add_argument("--max-adapter-mb", type=int, default=2048, help="largest uploaded LoRA file, MiB")
     p.add_argument("--http-port", type=int, default=8080,
                    help="HTTP port (OpenAI-compatible /v1/images/edits, REST jobs, /docs) on --host; 0 = off")
+    p.add_argument("--hub-readers", type=int, default=4,
+                   help="Redis connections that read job events for all watchers (WatchJob, blocking edits, SSE)")
     p.add_argument("--callback-hosts", default="",
                    help="webhook allow-list: hosts (or host:port) callback_url may name, comma-separated; "
                         "empty = callback URLs refused")
@@ -98,26 +98,7 @@ class GatewaySettings(ServerSettings):
     max_adapter_mb: int
     http_port: int
     callback_hosts: str
-
-
-def monitor_redis(client, server: GrpcServer, stop: threading.Event, period_s: float = 2.0) -> None:
-    """Readiness follows Redis: without it the gateway can only answer UNAVAILABLE."""
-    serving = None
-    while not stop.is_set():
-        try:
-            client.ping()
-            ok = True
-        except REDIS_ERRORS:
-            ok = False
-        if ok != serving:
-            serving = ok
-            if ok:
-                server.mark_serving()
-            else:
-                log.warning("redis unreachable: NOT_SERVING until it is back")
-                for name in ["", *server.service_names]:
-                    server.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        stop.wait(period_s)
+    hub_readers: int
 
 
 def training_dispatch(redis_url: str):
@@ -167,31 +148,16 @@ def serve(args: GatewaySettings) -> None:
                                             max_adapter_bytes=args.max_adapter_mb * 1024 * 1024),
                        roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer, model_shapes=shapes,
                        webhooks=Webhooks.from_flag(store, args.callback_hosts))
-    server = GrpcServer([edit.SERVICE, training.SERVICE, adapters.SERVICE], args.host, args.port,
-                        args.max_message_mb, args.threads)
-    edit_pb2_grpc.add_EditServiceServicer_to_server(edit.EditServicer(core, auth), server.server)
-    training_pb2_grpc.add_TrainingServiceServicer_to_server(training.TrainingServicer(core, auth), server.server)
-    adapters_pb2_grpc.add_AdapterServiceServicer_to_server(adapters.AdapterServicer(core, auth), server.server)
-    stop = threading.Event()
-    doors = {}
-
-    def on_stop() -> None:  # SIGTERM: both doors stop taking work and drain (readiness turns false at once)
-        stop.set()
-        if doors.get("http") is not None:
-            doors["http"].begin_stop()
-
-    server.install_signal_handlers(args.grace_s, on_stop=on_stop)
-    server.start()
-    http = doors["http"] = start_http(core, auth, client, args, stop)
     log.info("gateway up", extra={"auth": "on" if auth.enabled else "off", "redis": redact_url(args.redis_url),
                                   "http_port": args.http_port})
-    threading.Thread(target=monitor_redis, args=(client, server, stop), daemon=True).start()
-    server.wait()
-    if http is not None:
-        http.stop()
+    # gRPC on an asyncio server; every watcher (gRPC, HTTP) multiplexed over the event hub's few Redis reads.
+    hub = EventHub(store, readers=args.hub_readers)
+    asyncio.run(serve_grpc(core, auth, client, args, hub,
+                           lambda stopping: start_http(core, auth, client, args, stopping, hub)))
 
 
-def start_http(core: GatewayCore, auth: ApiKeys, client, args: GatewaySettings, stopping: threading.Event):
+def start_http(core: GatewayCore, auth: ApiKeys, client, args: GatewaySettings, stopping: threading.Event,
+               hub=None):
     """The HTTP door on ``--http-port`` (0: none), over the same core as the gRPC servicers."""
     if not args.http_port:
         return None
