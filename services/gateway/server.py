@@ -172,7 +172,7 @@ def start_http(core: GatewayCore, auth: ApiKeys, client, args: GatewaySettings, 
         except REDIS_ERRORS:
             return False
 
-    app = create_app(core, auth, ready=ready, max_request_bytes=args.max_message_mb << 20)
+    app = create_app(core, auth, ready=ready, max_request_bytes=args.max_message_mb << 20, hub=hub)
     return HttpServer(app, args.host, args.http_port, threads=args.threads, grace_s=args.grace_s).start()
 
 
