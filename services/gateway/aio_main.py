@@ -64,5 +64,10 @@ async def serve_grpc(core, auth, client, args, hub: EventHub, start_http) -> Non
     monitor.cancel()
     if http is not None:
         await asyncio.get_running_loop().run_in_executor(None, http.stop)
+    # Calls cut by the drain cancel their jobs on the pool: let those finish (bounded) before exiting.
+    await asyncio.sleep(0.2)
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, pool.shutdown), 10)
+    except asyncio.TimeoutError:
+        log.warning("calls still running at exit were abandoned")
     hub.stop()
-    pool.shutdown(wait=False, cancel_futures=True)
