@@ -77,7 +77,7 @@ class _Reader:
             self.watchers.discard(w)
 
     def _run(self) -> None:
-        backoff = 0.05
+        backoff, failing_since = 0.05, None
         while not self.hub.stopped.is_set():
             with self.lock:
                 if not self.watchers:
@@ -89,10 +89,16 @@ class _Reader:
                 if time.monotonic() - self.last_poll >= self.hub.poll_s:
                     self.last_poll = time.monotonic()
                     self._poll(watchers)
-                backoff = 0.05
-            except REDIS_ERRORS as exc:  # every watcher of this reader hears it (UNAVAILABLE), as before
-                for w in watchers:
-                    w.put(("error", f"the job queue (Redis) is unreachable: {exc}"))
+                backoff, failing_since = 0.05, None
+            except REDIS_ERRORS as exc:
+                # A blip (a reconnect, a failover) is ridden out: the cursors are kept, nothing is lost. Past
+                # ``give_up_s`` the watchers hear it (UNAVAILABLE) and may resume with their last event id.
+                now = time.monotonic()
+                failing_since = failing_since or now
+                log.warning("event hub: redis error", extra={"error": repr(exc), "watchers": len(watchers)})
+                if now - failing_since >= self.hub.give_up_s:
+                    for w in watchers:
+                        w.put(("error", f"the job queue (Redis) is unreachable: {exc}"))
                 self.hub.stopped.wait(backoff)
                 backoff = min(1.0, backoff * 2)
             except Exception:  # noqa: BLE001 - a reader must not die: log, tell its watchers, go on
@@ -145,9 +151,12 @@ class _Reader:
 class EventHub:
     """Shared by the doors of one gateway process; :meth:`watch` may be used from any event loop."""
 
+    THREADS = 8  # for the (rare) terminal-event lookups
+
     def __init__(self, store: JobStore, readers: int = 4, block_ms: int = 250, poll_s: float = 1.0,
-                 threads: int = 8, count: int = 100):
+                 threads: int = THREADS, count: int = 100, give_up_s: float = 3.0):
         self.store = store
+        self.give_up_s = give_up_s  # Redis failing this long: the watchers are told (UNAVAILABLE)
         self.block_ms = block_ms  # a new watcher waits at most this long for its reader to include it
         self.poll_s = poll_s
         self.count = count

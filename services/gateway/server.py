@@ -123,7 +123,8 @@ def serve(args: GatewaySettings) -> None:
 
     setup_logging(args.log_level)
     serve_metrics(args.metrics_port)
-    client = connect(args.redis_url)
+    # Each thread that may call Redis at once (gRPC calls, HTTP calls, the event hub) may hold a connection.
+    client = connect(args.redis_url, max_connections=2 * args.threads + args.hub_readers + EventHub.THREADS + 32)
     keys = Keys(args.namespace)
     store = JobStore(client, keys, result_ttl_s=args.result_ttl_s, **durability(args))
     auth = ApiKeys.load(args.api_keys_file or None)
@@ -151,7 +152,7 @@ def serve(args: GatewaySettings) -> None:
     log.info("gateway up", extra={"auth": "on" if auth.enabled else "off", "redis": redact_url(args.redis_url),
                                   "http_port": args.http_port})
     # gRPC on an asyncio server; every watcher (gRPC, HTTP) multiplexed over the event hub's few Redis reads.
-    hub = EventHub(store, readers=args.hub_readers)
+    hub = EventHub(store, readers=args.hub_readers, threads=EventHub.THREADS)
     asyncio.run(serve_grpc(core, auth, client, args, hub,
                            lambda stopping: start_http(core, auth, client, args, stopping, hub)))
 
