@@ -64,7 +64,12 @@ def test_a_blocking_edit_past_its_deadline_ends_and_cancels_its_job(stubs):
              "the job of the caller whose deadline passed to be cancelled")
 
 
-def test_watch_reports_queue_positions_resumes_and_ends_at_the_terminal_event(stubs):
+def watchers(gateway) -> float:
+    line = next(x for x in gateway.metrics().splitlines() if x.startswith("longcat_gateway_watchers "))
+    return float(line.split()[1])
+
+
+def test_watch_reports_queue_positions_resumes_and_ends_at_the_terminal_event(gateway, stubs):
     edit, _ = stubs
     ahead = edit.SubmitEdit(request(64, 2), timeout=30)
     job = edit.SubmitEdit(request(64, 2), timeout=30)
@@ -82,6 +87,7 @@ def test_watch_reports_queue_positions_resumes_and_ends_at_the_terminal_event(st
 
     threading.Thread(target=follow, daemon=True).start()
     wait_for(lambda: any(e.queue_position for e in events), 60, "a queue position while QUEUED")
+    assert watchers(gateway) >= 1  # operators see the waiting calls
     before = [e.queue_position for e in events if e.queue_position][-1]
     assert events[0].event_id == first.event_id and events[0].state == edit_pb2.QUEUED
     edit.CancelJob(edit_pb2.CancelJobRequest(job_id=ahead.id), timeout=30)

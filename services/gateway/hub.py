@@ -24,6 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+from prometheus_client import Gauge
+
 from longcat.errors import Unavailable
 from longcat.jobs.connection import REDIS_ERRORS
 from longcat.jobs.store import TERMINAL_STATES, JobStore, as_str
@@ -32,6 +34,7 @@ from longcat.v1 import edit_pb2
 from services.gateway.events import to_event
 
 log = logging.getLogger("longcat.gateway.hub")
+WATCHERS = Gauge("longcat_gateway_watchers", "Calls waiting on job events (WatchJob, blocking edits, SSE)")
 
 
 def stream_id(event_id: str) -> tuple[int, int]:
@@ -166,6 +169,7 @@ class EventHub:
         self._next = itertools.count()
         self._started = False
         self._start_lock = threading.Lock()
+        WATCHERS.set_function(lambda: self.watching)
 
     def start(self) -> "EventHub":
         with self._start_lock:
