@@ -51,6 +51,7 @@ class _Watcher:
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     quiet_since: float = field(default_factory=time.monotonic)
+    told: tuple | None = None                   # the last state/position its reader told it (None: since events)
 
     def put(self, item) -> None:
         try:
@@ -130,7 +131,7 @@ class _Reader:
                         if stream_id(as_str(eid)) > stream_id(w.last)]
                 if mine:
                     w.last = mine[-1][0]
-                    w.quiet_since = now
+                    w.quiet_since, w.told = now, None
                     w.put(("events", mine))
 
     def _poll(self, watchers: list[_Watcher]) -> None:
@@ -147,8 +148,13 @@ class _Reader:
         answers = pipe.execute()
         for i, w in enumerate(quiet):
             state, rank = answers[2 * i], answers[2 * i + 1]
+            news = (as_str(state) if state is not None else None, 0 if rank is None else rank + 1)
             w.quiet_since = now
-            w.put(("state", as_str(state) if state is not None else None, 0 if rank is None else rank + 1))
+            # Only what the watcher acts on, once: gone, ended, or a new position while QUEUED (a thousand
+            # idle watchers cost the event loops nothing).
+            if news[0] in ("QUEUED", None, *TERMINAL_STATES) and news != w.told:
+                w.told = news
+                w.put(("state", *news))
 
 
 class EventHub:
