@@ -125,3 +125,17 @@ def test_sigterm_stops_taking_calls_drains_and_exits(redis_server, tmp_path):
         wait_for(lambda: job_with_request_id(stub, rid).state == edit_pb2.CANCELLED, 60, "the drained job cancelled")
     finally:
         again.stop()
+
+
+def test_a_bad_resume_cursor_is_refused_and_harms_no_other_watcher(stubs):
+    """Watchers share their Redis reads: one caller's junk event id must be refused at the door."""
+    edit, _ = stubs
+    job = edit.SubmitEdit(request(64, 2), timeout=30)
+    stream = edit.WatchJob(edit_pb2.WatchJobRequest(job_id=job.id), timeout=60)
+    first = next(stream)
+    for junk in ("nonsense", "1-2-3", "9" * 30, "-1"):
+        err = rpc_error(edit.WatchJob, edit_pb2.WatchJobRequest(job_id=job.id, after_event_id=junk), timeout=30)
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and err.details().startswith("after_event_id:"), err
+    edit.CancelJob(edit_pb2.CancelJobRequest(job_id=job.id), timeout=30)
+    rest = list(stream)  # the first watcher still hears its job end
+    assert first.state == edit_pb2.QUEUED and rest[-1].state == edit_pb2.CANCELLED

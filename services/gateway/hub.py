@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from typing import AsyncIterator
 
 from prometheus_client import Gauge
 
-from longcat.errors import Unavailable
+from longcat.errors import InvalidArgument, Unavailable
 from longcat.jobs.connection import REDIS_ERRORS
 from longcat.jobs.store import TERMINAL_STATES, JobStore, as_str
 from longcat.rpc.aio_handler import in_pool
@@ -34,6 +35,7 @@ from longcat.v1 import edit_pb2
 from services.gateway.events import to_event
 
 log = logging.getLogger("longcat.gateway.hub")
+_CURSOR = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
 WATCHERS = Gauge("longcat_gateway_watchers", "Calls waiting on job events (WatchJob, blocking edits, SSE)")
 
 
@@ -41,6 +43,15 @@ def stream_id(event_id: str) -> tuple[int, int]:
     """A Redis stream id ("ms-seq", or "0") as a comparable pair."""
     ms, _, seq = (event_id or "0").partition("-")
     return int(ms), int(seq or 0)
+
+
+def check_cursor(after: str, field_name: str = "after_event_id") -> str:
+    """A resume cursor Redis accepts (one watcher's bad id must never reach the XREAD it shares)."""
+    if not after:
+        return "0"
+    if not _CURSOR.fullmatch(after) or max(stream_id(after)) >= 1 << 64:
+        raise InvalidArgument(f"{after[:64]!r} is not an event id (they look like 1700000000000-0)", field_name)
+    return after
 
 
 @dataclass(eq=False)
@@ -198,11 +209,12 @@ class EventHub:
 
     async def watch(self, job_id: str, after: str, kind: str) -> AsyncIterator[edit_pb2.JobEvent]:
         """Events of ``job_id`` after ``after`` until the terminal one (the caller checked ownership)."""
+        after = check_cursor(after)
         self.start()
-        w = _Watcher(job_id, kind, after or "0", asyncio.get_running_loop())
+        w = _Watcher(job_id, kind, after, asyncio.get_running_loop())
         reader = self.readers[next(self._next) % len(self.readers)]
         reader.add(w)
-        last_id, last_position = after or "0", None
+        last_id, last_position = after, None
         try:
             while True:
                 what, *payload = await w.queue.get()

@@ -18,7 +18,7 @@ from services.gateway.http.deps import caller, core
 from services.gateway.http.forms import EditForm, edit_form
 from services.gateway.http.images import png_of
 from services.gateway.http.views import event_json, job_json
-from services.gateway.http.waits import hub_of
+from services.gateway.http.waits import check_cursor, hub_of
 
 router = APIRouter(tags=["jobs"])
 KINDS = {"": 0, "edit": edit_pb2.EDIT, "training": edit_pb2.TRAINING}
@@ -79,7 +79,8 @@ async def job_events(request: Request, job_id: str, last_event_id: str = Header(
     kind = edit_pb2.JobKind.Name(job.kind).lower()
     hub = hub_of(request)
     if hub is not None:  # waits on the shared event hub: no worker thread held by a watcher
-        return StreamingResponse(hub_stream(request, hub.watch(job_id, last_event_id or after or "0", kind)),
+        cursor = check_cursor(last_event_id or after, "Last-Event-ID" if last_event_id else "after")
+        return StreamingResponse(hub_stream(request, hub.watch(job_id, cursor, kind)),
                                  media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     active = threading.Event()

@@ -11,6 +11,9 @@ from fastapi.concurrency import run_in_threadpool
 
 from longcat.v1 import edit_pb2
 from services.gateway.core import TERMINAL, Caller, GatewayCore
+from services.gateway.hub import check_cursor
+
+__all__ = ["check_cursor", "edit", "hub_of"]
 
 
 def hub_of(request: Request):
