@@ -10,6 +10,7 @@ import threading
 import uuid
 
 import grpc
+import httpx
 import pytest
 
 from longcat.launch import ServiceProcess
@@ -20,7 +21,7 @@ from tests.gateway_stack import request, rpc_error, wait_for
 
 def start_gateway(redis_server, tmp_path, *args) -> ServiceProcess:
     ns = f"aio{uuid.uuid4().hex[:8]}"
-    g = ServiceProcess("gateway", ["--redis-url", redis_server.url, "--namespace", ns, "--http-port", "0",
+    g = ServiceProcess("gateway", ["--redis-url", redis_server.url, "--namespace", ns,
                                    "--adapter-dir", str(tmp_path / "adapters"), *args], tmp_path)
     return g.wait_serving(120)
 
@@ -139,3 +140,18 @@ def test_a_bad_resume_cursor_is_refused_and_harms_no_other_watcher(stubs):
     edit.CancelJob(edit_pb2.CancelJobRequest(job_id=job.id), timeout=30)
     rest = list(stream)  # the first watcher still hears its job end
     assert first.state == edit_pb2.QUEUED and rest[-1].state == edit_pb2.CANCELLED
+
+
+def test_sse_refuses_a_bad_last_event_id_before_the_stream_starts(gateway, stubs):
+    edit, _ = stubs
+    job = edit.SubmitEdit(request(64, 2), timeout=30)
+    try:
+        r = httpx.get(f"{gateway.http_url}/v1/jobs/{job.id}/events", headers={"Last-Event-ID": "nonsense"},
+                      timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "Last-Event-ID", r.text
+        with httpx.stream("GET", f"{gateway.http_url}/v1/jobs/{job.id}/events", timeout=60) as ok:
+            assert ok.status_code == 200
+            lines = ok.iter_lines()
+            assert any(line.startswith("data:") for line in lines)  # its queued event, over the hub
+    finally:
+        edit.CancelJob(edit_pb2.CancelJobRequest(job_id=job.id), timeout=30)
