@@ -21,9 +21,11 @@ def redis_url(url: str | None = None) -> str:
     return url or os.environ.get("LONGCAT_REDIS_URL") or DEFAULT_URL
 
 
-def connect(url: str | None = None, socket_timeout: float = 5.0) -> redis.Redis:
+def connect(url: str | None = None, socket_timeout: float = 5.0, max_connections: int | None = None) -> redis.Redis:
     """A client that retries a few times with backoff, then fails fast (callers answer UNAVAILABLE). A
-    ``redis+sentinel://`` URL gives a client that asks the Sentinels for the primary on every reconnect."""
+    ``redis+sentinel://`` URL gives a client that asks the Sentinels for the primary on every reconnect.
+    ``max_connections``: the pool's size (redis-py's default, 100, is too few for a process with more threads
+    that each may hold one: beyond it a call fails with "Too many connections")."""
     return make_client(
         redis_url(url),
         socket_timeout=socket_timeout,
@@ -31,6 +33,7 @@ def connect(url: str | None = None, socket_timeout: float = 5.0) -> redis.Redis:
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
         retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
         health_check_interval=15,
+        **({"max_connections": max_connections} if max_connections else {}),
     )
 
 

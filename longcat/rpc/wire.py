@@ -4,7 +4,8 @@ gRPC deserializes a request before the handler runs; the generated ``FromString`
 junk (invalid UTF-8 in a proto3 string field, a truncated varint...), which grpc reports as INTERNAL
 "Exception deserializing request!". :func:`register` adds a servicer through the generated ``add_*_to_server``
 with every method's deserializer wrapped: junk becomes an :class:`Undecodable` marker, and the handler answers
-INVALID_ARGUMENT for it (in a stream: for the message that did not parse) before any work."""
+INVALID_ARGUMENT for it (in a stream: for the message that did not parse) before any work. Works for the
+threaded server and for ``grpc.aio`` (coroutine / async-generator handlers)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,19 @@ def _checked(messages):
 
 
 def _unary_request(behavior):
+    if inspect.isasyncgenfunction(behavior):  # grpc.aio: the same, awaited
+        async def astream(request, context):
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            async for item in behavior(request, context):
+                yield item
+        return astream
+    if inspect.iscoroutinefunction(behavior):
+        async def aunary(request, context):
+            if isinstance(request, Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            return await behavior(request, context)
+        return aunary
     if inspect.isgeneratorfunction(behavior):
         def stream(request, context):
             if isinstance(request, Undecodable):
@@ -55,7 +69,23 @@ def _unary_request(behavior):
     return unary
 
 
+async def _achecked(messages):
+    async for m in messages:
+        if isinstance(m, Undecodable):
+            raise InvalidArgument(m.message[len(FIELD) + 2:], FIELD)
+        yield m
+
+
 def _streaming_request(behavior):
+    if inspect.isasyncgenfunction(behavior):
+        async def astream(requests, context):
+            async for item in behavior(_achecked(requests), context):
+                yield item
+        return astream
+    if inspect.iscoroutinefunction(behavior):
+        async def aunary(requests, context):
+            return await behavior(_achecked(requests), context)
+        return aunary
     if inspect.isgeneratorfunction(behavior):
         def stream(requests, context):
             yield from behavior(_checked(requests), context)

@@ -190,10 +190,16 @@ class GatewayCore:
             for ev in watch(self.store, job.id, "0", is_active):
                 if ev.HasField("job") and ev.job.state in TERMINAL:
                     break
-            view = self.store.get(job.id)
-        if not is_active():  # the caller went away: don't spend a GPU on a result nobody reads
+        return self.edit_outcome(job.id, is_active())
+
+    def edit_outcome(self, job_id: str, active: bool) -> edit_pb2.EditResult:
+        """A blocking edit's answer once its wait ended (any door): the result, or the job's error; a caller
+        no longer ``active`` has its job cancelled."""
+        with redis_unavailable_as_error():
+            view = self.store.get(job_id)
+        if not active:  # the caller went away: don't spend a GPU on a result nobody reads
             with redis_unavailable_as_error():
-                self.store.cancel(job.id)
+                self.store.cancel(job_id)
             raise Cancelled("the caller went away")
         if view is None:
             raise NotFound("the job expired before its result was read", "job_id")

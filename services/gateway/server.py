@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from dataclasses import dataclass
-
-from grpc_health.v1 import health_pb2
 
 from longcat.adapters.check import ModelShapes
 from longcat.adapters.registry import AdapterRegistry
@@ -24,15 +23,12 @@ from longcat.jobs.connection import REDIS_ERRORS, connect
 from longcat.jobs.store import JobStore
 from longcat.logs import setup_logging
 from longcat.redact import redact_url
-from longcat.rpc import wire
 from longcat.rpc.config import EnvDefaults, ServerSettings, add_server_args
 from longcat.rpc.metrics import serve_metrics
-from longcat.rpc.server import GrpcServer
-from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc, training_pb2_grpc
-from services.gateway import adapters, edit, training
+from services.gateway.aio_main import serve_grpc
 from services.gateway.auth import ApiKeys
-from services.gateway.auth_first import AuthFirst
 from services.gateway.core import GatewayConfig, GatewayCore
+from services.gateway.hub import EventHub
 from services.gateway.webhooks import Webhooks
 
 log = logging.getLogger("longcat.gateway")
@@ -60,7 +56,7 @@ def durability(args) -> dict:
 
 def build_parser(parser=None):
     p = parser or EnvDefaults(prog="longcat serve gateway", description="The public gateway.")
-    # Its handlers mostly wait on Redis (a blocking Edit holds one for the whole job): many threads, cheap.
+    # Threads for short calls (Redis round trips, uploads); waiting calls (WatchJob, Edit, SSE) hold none.
     add_server_args(p, "gateway", threads=64)
     add_stack_args(p)
     p.add_argument("--model", default="", help="load this model's tokenizer to check prompt lengths ('' = skip)")
@@ -95,6 +91,8 @@ def build_parser(parser=None):
                         "naming it (its result is kept --result-ttl-s)")
     p.add_argument("--blob-sweep-s", type=float, default=60.0,
                    help="how often expired blobs are removed from --blob-dir (0 = never, another sweeper runs)")
+    p.add_argument("--hub-readers", type=int, default=4,
+                   help="Redis connections that read job events for all watchers (WatchJob, blocking edits, SSE)")
     p.add_argument("--callback-hosts", default="",
                    help="webhook allow-list: hosts (or host:port) callback_url may name, comma-separated; "
                         "empty = callback URLs refused")
@@ -131,26 +129,7 @@ class GatewaySettings(ServerSettings):
     blob_dir: str
     blob_ttl_s: int
     blob_sweep_s: float
-
-
-def monitor_redis(client, server: GrpcServer, stop: threading.Event, period_s: float = 2.0) -> None:
-    """Readiness follows Redis: without it the gateway can only answer UNAVAILABLE."""
-    serving = None
-    while not stop.is_set():
-        try:
-            client.ping()
-            ok = True
-        except REDIS_ERRORS:
-            ok = False
-        if ok != serving:
-            serving = ok
-            if ok:
-                server.mark_serving()
-            else:
-                log.warning("redis unreachable: NOT_SERVING until it is back")
-                for name in ["", *server.service_names]:
-                    server.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        stop.wait(period_s)
+    hub_readers: int
 
 
 def training_dispatch(redis_url: str):
@@ -175,7 +154,8 @@ def serve(args: GatewaySettings) -> None:
 
     setup_logging(args.log_level)
     serve_metrics(args.metrics_port)
-    client = connect(args.redis_url)
+    # Each thread that may call Redis at once (gRPC calls, HTTP calls, the event hub) may hold a connection.
+    client = connect(args.redis_url, max_connections=2 * args.threads + args.hub_readers + EventHub.THREADS + 32)
     keys = Keys(args.namespace)
     blobs = open_blob_store(args.blob_dir)  # reference images and results; Redis keeps references
     store = JobStore(client, keys, result_ttl_s=args.result_ttl_s, blobs=blobs, **durability(args))
@@ -205,36 +185,20 @@ def serve(args: GatewaySettings) -> None:
                                             reference_ttl_s=args.blob_ttl_s),
                        roots=roots, dispatch=dispatch, registry=registry, tokenizer=tokenizer, model_shapes=shapes,
                        webhooks=Webhooks.from_flag(store, args.callback_hosts))
-    services = [edit.SERVICE, training.SERVICE, adapters.SERVICE]
-    server = GrpcServer(services, args.host, args.port, args.max_message_mb, args.threads,
-                        interceptors=[AuthFirst(auth, services)])  # no key: refused before the body is read
-    # Request bytes that do not parse answer INVALID_ARGUMENT (wire.py), not grpc's INTERNAL.
-    wire.register(edit_pb2_grpc.add_EditServiceServicer_to_server, edit.EditServicer(core, auth), server.server)
-    wire.register(training_pb2_grpc.add_TrainingServiceServicer_to_server, training.TrainingServicer(core, auth),
-                  server.server)
-    wire.register(adapters_pb2_grpc.add_AdapterServiceServicer_to_server, adapters.AdapterServicer(core, auth),
-                  server.server)
-    stop = threading.Event()
-    doors = {}
-
-    def on_stop() -> None:  # SIGTERM: both doors stop taking work and drain (readiness turns false at once)
-        stop.set()
-        if doors.get("http") is not None:
-            doors["http"].begin_stop()
-
-    server.install_signal_handlers(args.grace_s, on_stop=on_stop)
-    server.start()
-    http = doors["http"] = start_http(core, auth, client, args, stop)
     log.info("gateway up", extra={"auth": "on" if auth.enabled else "off", "redis": redact_url(args.redis_url),
                                   "http_port": args.http_port})
-    threading.Thread(target=monitor_redis, args=(client, server, stop), daemon=True).start()
-    start_sweeper(blobs, args.blob_sweep_s, stop)
-    server.wait()
-    if http is not None:
-        http.stop()
+    # gRPC on an asyncio server; every watcher (gRPC, HTTP) multiplexed over the event hub's few Redis reads.
+    hub = EventHub(store, readers=args.hub_readers, threads=EventHub.THREADS)
+
+    def start_rest(stopping: threading.Event):  # once gRPC listens: the blob sweeper and the HTTP door
+        start_sweeper(blobs, args.blob_sweep_s, stopping)
+        return start_http(core, auth, client, args, stopping, hub)
+
+    asyncio.run(serve_grpc(core, auth, client, args, hub, start_rest))
 
 
-def start_http(core: GatewayCore, auth: ApiKeys, client, args: GatewaySettings, stopping: threading.Event):
+def start_http(core: GatewayCore, auth: ApiKeys, client, args: GatewaySettings, stopping: threading.Event,
+               hub=None):
     """The HTTP door on ``--http-port`` (0: none), over the same core as the gRPC servicers."""
     if not args.http_port:
         return None
@@ -251,7 +215,7 @@ def start_http(core: GatewayCore, auth: ApiKeys, client, args: GatewaySettings, 
 
     # An edit's body is one reference image plus form fields: over that, 413 from Content-Length, unread.
     edit_body = (args.max_image_mb + 1) << 20
-    app = create_app(core, auth, ready=ready, max_request_bytes=min(args.max_message_mb << 20, edit_body))
+    app = create_app(core, auth, ready=ready, max_request_bytes=min(args.max_message_mb << 20, edit_body), hub=hub)
     return HttpServer(app, args.host, args.http_port, threads=args.threads, grace_s=args.grace_s).start()
 
 

@@ -25,12 +25,13 @@ live events (Server-Sent Events), LoRA training and adapters. With API keys on, 
 
 
 def create_app(core: GatewayCore, auth: ApiKeys, *, ready: Callable[[], bool] = lambda: True,
-               max_request_bytes: int = 256 << 20) -> FastAPI:
+               max_request_bytes: int = 256 << 20, hub=None) -> FastAPI:
     app = FastAPI(title="LongCat Edit Stack", version="1", description=DESCRIPTION, docs_url=None,
                   redoc_url=None)
     app.state.core = core
     app.state.auth = auth
     app.state.ready = ready
+    app.state.hub = hub  # services.gateway.hub.EventHub: SSE and blocking edits wait there (None: on threads)
     errors.install(app)
     for module in (images, jobs, trainings, adapters, health):
         app.include_router(module.router)

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from longcat.errors import InvalidArgument, NotFound
 from longcat.v1 import edit_pb2
 from services.gateway.core import Caller, GatewayCore, deadline_from_remaining
+from services.gateway.http import waits
 from services.gateway.http.deps import caller, core
 from services.gateway.http.errors import NotYet
 from services.gateway.http.forms import EditForm, edit_form
@@ -75,7 +76,9 @@ def numbered(request: edit_pb2.EditRequest, i: int) -> edit_pb2.EditRequest:
 async def images_edits(request: Request, form: EditForm = Depends(edit_form), who: Caller = Depends(caller),
                        gw: GatewayCore = Depends(core)) -> JSONResponse:
     deadline = deadline_from_remaining(request_timeout(request))
+    hub = waits.hub_of(request)
     results = await asyncio.gather(*[
+        waits.edit(request, hub, gw, who, numbered(form.request, i), deadline) if hub is not None else
         while_connected(request, gw.edit, who, numbered(form.request, i), deadline) for i in range(form.n)])
     data = []
     for result in results:

@@ -20,6 +20,7 @@ from services.gateway.http.deps import caller, core
 from services.gateway.http.forms import EditForm, edit_form
 from services.gateway.http.images import png_of
 from services.gateway.http.views import event_json, job_json
+from services.gateway.http.waits import check_cursor, hub_of
 
 router = APIRouter(tags=["jobs"])
 KINDS = {"": 0, "edit": edit_pb2.EDIT, "training": edit_pb2.TRAINING}
@@ -82,6 +83,12 @@ async def job_events(request: Request, job_id: str, last_event_id: str = Header(
     cursor = check_event_id(last_event_id or after, "Last-Event-ID" if last_event_id else "after")
     job = await run_in_threadpool(gw.get_job, who, job_id)
     kind = edit_pb2.JobKind.Name(job.kind).lower()
+    hub = hub_of(request)
+    if hub is not None:  # waits on the shared event hub: no worker thread held by a watcher
+        cursor = check_cursor(last_event_id or after, "Last-Event-ID" if last_event_id else "after")
+        return StreamingResponse(hub_stream(request, hub.watch(job_id, cursor, kind)),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     active = threading.Event()
     active.set()
     events = gw.watch_job(who, job_id, cursor, kind, active.is_set)
@@ -101,6 +108,14 @@ async def job_events(request: Request, job_id: str, last_event_id: str = Header(
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def hub_stream(request: Request, events):
+    yield "retry: 2000\n\n"
+    async for ev in events:
+        yield sse(ev)
+        if await request.is_disconnected():
+            return
 
 
 def sse(ev: edit_pb2.JobEvent) -> str:

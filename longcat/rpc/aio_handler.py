@@ -1,0 +1,113 @@
+"""The asyncio twin of :func:`longcat.rpc.handler.rpc_method`, for servicers on a ``grpc.aio`` server: the
+same request id, structured log line, metrics and error -> status code mapping (with trailers, e.g. a
+retry hint on RESOURCE_EXHAUSTED), for coroutine (unary) and async-generator (streaming) methods.
+
+Also :func:`in_pool`: run a blocking call (Redis, files) on a bounded executor without losing the request id
+(contextvars travel with it), so the event loop never waits on I/O itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+import logging
+import time
+from concurrent.futures import Executor
+
+import grpc
+
+from longcat.api.bounds import cap_message
+from longcat.errors import Cancelled, LongCatError
+from longcat.logs import request_id
+from longcat.rpc import metrics
+from longcat.rpc.errors import status_for
+from longcat.rpc.handler import _request_id
+
+log = logging.getLogger("longcat.rpc")
+
+
+async def in_pool(pool: Executor | None, fn, *args):
+    """``fn(*args)`` on ``pool``, awaited; the caller's contextvars (request id, log context) go with it."""
+    ctx = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(ctx.run, fn, *args))
+
+
+def _gone_code(context) -> grpc.StatusCode:
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else \
+        grpc.StatusCode.CANCELLED
+
+
+def _finish(service: str, method: str, start: float, context, exc: BaseException | None) -> None:
+    metrics.LATENCY.labels(service, method).observe(time.perf_counter() - start)
+    metrics.IN_FLIGHT.labels(service).dec()
+    if exc is None:
+        log.info("rpc ok", extra={"service": service, "method": method,
+                                  "duration_s": round(time.perf_counter() - start, 4)})
+        return
+    # The client went away or its deadline passed (the call's task was cancelled): nothing to send.
+    code = _gone_code(context) if isinstance(exc, (asyncio.CancelledError, Cancelled)) else status_for(exc)
+    metrics.ERRORS.labels(service, method, code.name).inc()
+    level = logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.INFO
+    log.log(level, "rpc failed", exc_info=code == grpc.StatusCode.INTERNAL and not isinstance(exc, asyncio.CancelledError),
+            extra={"service": service, "method": method, "code": code.name, "error": str(exc)})
+
+
+async def _abort(context, exc: BaseException):
+    code = status_for(exc)
+    trailers = getattr(exc, "trailers", None)
+    if trailers:  # e.g. a retry hint with RESOURCE_EXHAUSTED
+        context.set_trailing_metadata(tuple((k, str(v)) for k, v in trailers.items()))
+    message = cap_message(str(exc)) if isinstance(exc, LongCatError) else f"internal error: {type(exc).__name__}"
+    await context.abort(code, message)
+
+
+def aio_rpc_method(service: str):
+    """Decorate an async servicer method (coroutine, or async generator for server streaming) of ``service``."""
+
+    def wrap(fn):
+        method = fn.__name__
+
+        if inspect.isasyncgenfunction(fn):
+            @functools.wraps(fn)
+            async def stream(self, req, context):
+                token = request_id.set(_request_id(context))
+                metrics.REQUESTS.labels(service, method).inc()
+                metrics.IN_FLIGHT.labels(service).inc()
+                start, failure = time.perf_counter(), None
+                try:
+                    async for item in fn(self, req, context):
+                        yield item
+                except (asyncio.CancelledError, GeneratorExit) as exc:
+                    failure = exc if isinstance(exc, asyncio.CancelledError) else Cancelled("client went away")
+                    raise
+                except Exception as exc:  # noqa: BLE001 - every error becomes a status code
+                    failure = exc
+                    await _abort(context, exc)
+                finally:
+                    _finish(service, method, start, context, failure)
+                    request_id.reset(token)
+            return stream
+
+        @functools.wraps(fn)
+        async def unary(self, req, context):
+            token = request_id.set(_request_id(context))
+            metrics.REQUESTS.labels(service, method).inc()
+            metrics.IN_FLIGHT.labels(service).inc()
+            start, failure = time.perf_counter(), None
+            try:
+                return await fn(self, req, context)
+            except asyncio.CancelledError as exc:
+                failure = exc
+                raise
+            except Exception as exc:  # noqa: BLE001
+                failure = exc
+                await _abort(context, exc)
+            finally:
+                _finish(service, method, start, context, failure)
+                request_id.reset(token)
+        return unary
+
+    return wrap
