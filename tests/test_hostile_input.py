@@ -452,7 +452,7 @@ HTTP_ROUTES = [
     ("POST", "/v1/jobs/{job_id}/cancel"), ("GET", "/v1/jobs/{job_id}/result"), ("GET", "/v1/jobs/{job_id}/events"),
     ("GET", "/v1/images/results/{job_id}.png"), ("POST", "/v1/trainings"), ("GET", "/v1/adapters"),
     ("GET", "/v1/adapters/{name}"), ("DELETE", "/v1/adapters/{name}"), ("GET", "/v1/adapters/{name}/download"),
-    ("POST", "/v1/adapters/{name}"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/"),
+    ("POST", "/v1/adapters/{name}"), ("PATCH", "/v1/adapters/{name}"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/"),
     ("GET", "/docs"), ("GET", "/openapi.json"),
 ]
 HTTP_EXAMPLES = {"POST /v1/images/edits": 120, "POST /v1/jobs/edits": 120, "POST /v1/trainings": 120,
@@ -498,8 +498,9 @@ def http_cases(draw, method: str, path: str):
     if draw(st.booleans()):
         headers["x-request-timeout"] = draw(st.sampled_from(["0", "-1", "nan", "inf", "1e308", "x", "0.5"]))
     files, data, content = None, None, None
-    if method == "POST":
-        shape = draw(st.sampled_from(["multipart", "multipart", "json", "raw"]))
+    if method in ("POST", "PATCH"):
+        shape = draw(st.sampled_from(["multipart", "multipart", "json", "raw"] if method == "POST" else
+                                     ["json", "json", "raw"]))
         if shape == "multipart":
             names = {"/v1/trainings": ["config", "dataloader", "name", "request_id", "callback_url", "paths"],
                      }.get(path, EDIT_FIELDS if "edits" in path else ["overwrite"])
@@ -512,7 +513,9 @@ def http_cases(draw, method: str, path: str):
             files = {part: ("f.bin", draw(st.one_of(st.sampled_from(IMAGES), st.binary(max_size=256))))} \
                 if draw(st.integers(0, 3)) else None
         elif shape == "json":
-            content = draw(st.sampled_from(JSON_JUNK)).encode()
+            junk = JSON_JUNK + ['{"visibility": "public"}', '{"visibility": "shared"}', '{"visibility": 5}',
+                                '{"visibility": "' + "x" * 5000 + '"}'] * (method == "PATCH")
+            content = draw(st.sampled_from(junk)).encode()
             headers["content-type"] = "application/json"
         else:
             content = draw(st.binary(max_size=512))
