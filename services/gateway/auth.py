@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from longcat.errors import Unauthenticated
+from longcat.logs import bind_job
 from services.gateway.core import Caller
 
 ANONYMOUS = "anonymous"
@@ -71,7 +72,9 @@ class ApiKeys:
         """Any door: the ``authorization`` header value -> the :class:`Caller` (401 when keys are on and it is
         missing or wrong)."""
         key = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
-        return Caller(self.owner_for(authorization), authenticated=self.enabled, key=key if self.enabled else "")
+        owner = self.owner_for(authorization)
+        bind_job(owner=owner)  # every log line of this call names its tenant (longcat.logs)
+        return Caller(owner, authenticated=self.enabled, key=key if self.enabled else "")
 
 
 def _authorization(context) -> str:

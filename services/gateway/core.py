@@ -33,7 +33,9 @@ from longcat.api.training import Roots, TrainingSubmission
 from longcat.errors import Cancelled, DeadlineExceeded, InvalidArgument, LongCatError, NotFound, Unavailable
 from longcat.jobs.connection import redis_unavailable_as_error
 from longcat.jobs.store import JobStore, NotReplicated
+from longcat.logs import bind_job
 from longcat.rpc.errors import STATUS
+from longcat.tracing import job_fields
 from longcat.v1 import adapters_pb2, edit_pb2, training_pb2
 from services.gateway.events import watch
 
@@ -87,6 +89,7 @@ class GatewayCore:
         view = self.store.get(job_id) if job_id else None
         if view is None or view.owner != caller.owner or (kind and view.kind != kind):
             raise NotFound(f"no job {job_id!r}", "job_id")
+        bind_job(job_id)  # the rest of this call's log lines name the job
         return view
 
     def get_job(self, caller: Caller, job_id: str, kind: str | None = None) -> edit_pb2.Job:
@@ -147,7 +150,9 @@ class GatewayCore:
                 job_id, created, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(),
                                                        request.request_id, deadline, self.config.max_queue,
                                                        fields={"total_steps": req.num_inference_steps,
-                                                               "priority": priority}, priority=priority)
+                                                               "priority": priority, **job_fields()},
+                                                       priority=priority)
+                bind_job(job_id)
             except LongCatError as exc:
                 if exc.code == "RESOURCE_EXHAUSTED":
                     exc.trailers = {"retry-after-ms": int(self.config.retry_after_s * 1000)}
@@ -193,7 +198,8 @@ class GatewayCore:
                     "training", caller.owner, request.SerializeToString(), request.request_id,
                     max_queue=self.config.max_training_queue,
                     fields={"adapter_name": submission.adapter_name, "per_owner": int(self.roots.per_owner),
-                            "total_steps": submission.config.max_train_steps or 0})
+                            "total_steps": submission.config.max_train_steps or 0, **job_fields()})
+                bind_job(job_id)
             except NotReplicated as exc:  # recorded but not confirmed: hand it over anyway, so that a retry
                 if exc.created:           # with the same request_id (which returns this job) finds it running
                     self.dispatch(exc.job_id)

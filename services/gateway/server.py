@@ -24,6 +24,7 @@ from longcat.redact import redact_url
 from longcat.rpc.config import EnvDefaults, ServerSettings, add_server_args
 from longcat.rpc.metrics import serve_metrics
 from longcat.rpc.server import GrpcServer
+from longcat.tracing import setup_tracing
 from longcat.v1 import adapters_pb2_grpc, edit_pb2_grpc, training_pb2_grpc
 from services.gateway import adapters, edit, training
 from services.gateway.auth import ApiKeys
@@ -141,6 +142,7 @@ def serve(args: GatewaySettings) -> None:
     import os
 
     setup_logging(args.log_level)
+    setup_tracing("longcat-gateway", args.otlp_endpoint)
     serve_metrics(args.metrics_port)
     client = connect(args.redis_url)
     keys = Keys(args.namespace)
