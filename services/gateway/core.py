@@ -86,10 +86,10 @@ class GatewayCore:
     # ---- jobs of either kind: visible only to their owner (others get NOT_FOUND: existence is not leaked) ----
 
     def _view(self, caller: Caller, job_id: str, kind: str | None):
+        bind_job(job_id[:128])  # the rest of this call's log lines name the job asked for (found or not)
         view = self.store.get(job_id) if job_id else None
         if view is None or view.owner != caller.owner or (kind and view.kind != kind):
             raise NotFound(f"no job {job_id!r}", "job_id")
-        bind_job(job_id)  # the rest of this call's log lines name the job
         return view
 
     def get_job(self, caller: Caller, job_id: str, kind: str | None = None) -> edit_pb2.Job:
