@@ -259,3 +259,32 @@ def test_without_an_endpoint_nothing_is_traced_and_the_log_fields_still_work(tmp
     assert not [line for line in lines if line["logger"] == "longcat.tracing"]
     rpcs = [line for line in lines if line["msg"] == "rpc ok" and line.get("method") in ("SubmitEdit", "GetJob")]
     assert len(rpcs) == 2 and all(line["job_id"] == job.id and line["tenant"] == TENANT for line in rpcs), rpcs
+
+
+def test_an_edit_submitted_over_http_continues_the_callers_trace(stack, receiver):
+    import httpx
+
+    from tests.gateway_stack import IMAGE
+
+    trace, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    with httpx.Client(base_url=stack.gateway.http_url, timeout=120) as http:
+        r = http.post("/v1/jobs/edits", headers={"authorization": f"Bearer {KEY}",
+                                                 "traceparent": f"00-{trace}-{parent}-01"},
+                      data={"prompt": "make the sky purple", "size": "64x64", "num_inference_steps": "2",
+                            "guidance_scale": "1"}, files={"image": ("in.png", IMAGE, "image/png")})
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    s = _spans(receiver,
+               http=("longcat-gateway", "HTTP POST /v1/jobs/edits", {"longcat.tenant": TENANT}),
+               job=("longcat-denoiser", "denoiser.job", {"longcat.job_id": job_id}),
+               encoder=("longcat-encoder", "longcat.v1.Encoder/EncodePrompt", {"longcat.job_id": job_id}))
+    assert s["http"]["trace"] == s["job"]["trace"] == s["encoder"]["trace"] == trace
+    assert s["http"]["parent"] == parent
+    # FastAPI's own spans (its dependencies, the endpoint) may sit between the request's span and the job's
+    by_id = {sp["id"]: sp for sp in receiver.spans if sp["trace"] == trace}
+    chain, at = [], s["job"]["parent"]
+    while at in by_id and at != s["http"]["id"]:
+        chain.append(by_id[at]["name"])
+        at = by_id[at]["parent"]
+    assert at == s["http"]["id"] and all(name.startswith("fastapi.") for name in chain), (chain, at)
+    assert s["encoder"]["parent"] == s["job"]["id"]
