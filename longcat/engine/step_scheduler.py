@@ -173,6 +173,7 @@ class StepScheduler:
         if batch:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("batched step", extra={"job_ids": [sj.job_id for sj in batch],
+                                                 "tenants": sorted({sj.tenant for sj in batch}),
                                                  "rows": sum(2 if sj.cfg else 1 for sj in batch)})
             try:
                 self._forward(batch)
