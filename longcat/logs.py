@@ -7,12 +7,57 @@ import logging
 import os
 import sys
 import time
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 from longcat.redact import RedactingFilter
 
 # The id of the request being handled on this thread/task; every log line carries it.
 request_id: ContextVar[str] = ContextVar("request_id", default="")
+# The job being handled on this thread/task and its tenant (owner): every line logged while a service works on
+# a job carries both, so an operator greps one job (or one tenant) across gateway, denoiser, encoder, trainer.
+job_id: ContextVar[str] = ContextVar("job_id", default="")
+tenant: ContextVar[str] = ContextVar("tenant", default="")
+_CONTEXT = (("request_id", request_id), ("job_id", job_id), ("tenant", tenant))
+
+
+@contextmanager
+def job_context(job: str | None = None, owner: str | None = None):
+    """Within the block, log lines carry ``job_id`` / ``tenant`` (None leaves one as it is)."""
+    tokens = [(var, var.set(value)) for var, value in ((job_id, job), (tenant, owner)) if value is not None]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+
+
+@contextmanager
+def log_scope():
+    """A request's scope (an RPC handler): what :func:`bind_job` sets inside is undone at the end."""
+    tokens = [(var, var.set(var.get())) for var in (job_id, tenant)]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            try:
+                var.reset(token)
+            except ValueError:  # a streaming handler closed from another thread (garbage collected): no-op
+                pass
+
+
+def bind_job(job: str | None = None, owner: str | None = None) -> None:
+    """Tag the rest of the current scope (see :func:`log_scope`) with a job / tenant learnt mid-request, e.g. the
+    job id a submission just created: the RPC's own closing line then carries it too."""
+    if job is not None:
+        job_id.set(job)
+    if owner is not None:
+        tenant.set(owner)
+
+
+def context_fields() -> dict[str, str]:
+    """The request id, job id and tenant of this thread/task (the set ones)."""
+    return {name: value for name, var in _CONTEXT if (value := var.get())}
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
@@ -24,9 +69,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        rid = request_id.get()
-        if rid:
-            out["request_id"] = rid
+        out.update(context_fields())
         out.update({k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")})
         if record.exc_info:
             out["exc"] = record.exc_text or self.formatException(record.exc_info)  # exc_text: redacted
@@ -66,10 +109,8 @@ class PlainFormatter(logging.Formatter):
     """``12:00:01 INFO  gateway up  port=50051``: for people reading a terminal."""
 
     def format(self, record: logging.LogRecord) -> str:
-        extras = {k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")}
-        rid = request_id.get()
-        if rid:
-            extras["request_id"] = rid
+        extras = {**context_fields(),
+                  **{k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")}}
         line = (time.strftime("%H:%M:%S", time.localtime(record.created)) + f" {record.levelname:<7s} "
                 + record.getMessage())
         if extras:

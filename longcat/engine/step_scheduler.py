@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -33,6 +34,9 @@ from longcat.conditioning import image_position_ids, predict_velocity, set_infer
 from longcat.engine.batch_invariance import batch_invariant, wanted
 from longcat.engine.denoise import DenoiseJob, DenoiseLoop, StepEvent
 from longcat.errors import Cancelled, DeadlineExceeded
+from longcat.logs import job_context
+
+log = logging.getLogger("longcat.engine.scheduler")
 
 LOW, NORMAL, HIGH = 0, 1, 2
 
@@ -71,6 +75,7 @@ class StepJob:
     preview_every: int = 0
     preview_max_side: int = 128
     tag: object = None            # the caller's handle (e.g. the queue entry)
+    job_id: str = ""              # for log lines: a job's own carry it, a batch's list every job of the batch
     # state, set by the scheduler
     latents: torch.Tensor | None = None
     error: BaseException | None = None
@@ -174,9 +179,16 @@ class StepScheduler:
         batch = [sj for sj in self.pick() if sj not in ended] if len(ended) < len(self.active) else []
         batch = [sj for sj in batch if sj.error is None]
         if batch:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("batched step", extra={"job_ids": [sj.job_id for sj in batch],
+                                                 "tenants": sorted({sj.tenant for sj in batch}),
+                                                 "rows": sum(2 if sj.cfg else 1 for sj in batch)})
             try:
                 self._forward(batch)
             except BaseException as exc:  # noqa: BLE001 - every job of the failed forward ends with its error
+                log.warning("batched forward failed; its jobs end with the error", extra={
+                    "job_ids": [sj.job_id for sj in batch], "tenants": sorted({sj.tenant for sj in batch}),
+                    "error": f"{type(exc).__name__}: {exc}"})
                 for sj in batch:
                     sj.error = exc
             for sj in batch:
@@ -250,8 +262,9 @@ class StepScheduler:
             if sj.preview_every and (done % sj.preview_every == 0 or done == total):
                 with self.loop.lock:
                     preview = self.loop._preview(noisy - sj._sigma * v, sj.job.geometry, sj.preview_max_side)
-            sj.on_step(StepEvent(step=done, total=total, elapsed_s=elapsed,
-                                 eta_s=elapsed / done * (total - done), preview=preview))
+            with job_context(sj.job_id or None, sj.tenant or None):  # its own log lines name it
+                sj.on_step(StepEvent(step=done, total=total, elapsed_s=elapsed,
+                                     eta_s=elapsed / done * (total - done), preview=preview))
         except BaseException as exc:  # noqa: BLE001 - the job's own outcome (cancel, deadline, taken over)
             sj.error = exc
 

@@ -20,10 +20,11 @@ import grpc
 
 from longcat.api.bounds import cap_message
 from longcat.errors import Cancelled, LongCatError
-from longcat.logs import request_id
+from longcat.logs import job_id, request_id, tenant
 from longcat.rpc import metrics
 from longcat.rpc.errors import status_for
 from longcat.rpc.handler import _request_id
+from longcat.tracing import RpcScope
 
 log = logging.getLogger("longcat.rpc")
 
@@ -31,7 +32,14 @@ log = logging.getLogger("longcat.rpc")
 async def in_pool(pool: Executor | None, fn, *args):
     """``fn(*args)`` on ``pool``, awaited; the caller's contextvars (request id, log context) go with it."""
     ctx = contextvars.copy_context()
-    return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(ctx.run, fn, *args))
+    try:
+        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(ctx.run, fn, *args))
+    finally:
+        # What the call learnt (bind_job: a new job's id, the caller's tenant) comes back to the RPC's scope,
+        # so its closing log line and span name them as the threaded door's do.
+        for var in (job_id, tenant):
+            if ctx[var] != var.get():
+                var.set(ctx[var])
 
 
 def _gone_code(context) -> grpc.StatusCode:
@@ -55,6 +63,12 @@ def _finish(service: str, method: str, start: float, context, exc: BaseException
             extra={"service": service, "method": method, "code": code.name, "error": str(exc)})
 
 
+def _code_name(context, exc: BaseException | None) -> str:
+    if exc is None:
+        return ""
+    return (_gone_code(context) if isinstance(exc, (asyncio.CancelledError, Cancelled)) else status_for(exc)).name
+
+
 async def _abort(context, exc: BaseException):
     code = status_for(exc)
     trailers = getattr(exc, "trailers", None)
@@ -74,6 +88,7 @@ def aio_rpc_method(service: str):
             @functools.wraps(fn)
             async def stream(self, req, context):
                 token = request_id.set(_request_id(context))
+                scope = RpcScope(service, method, context.invocation_metadata())  # job/tenant log fields, span
                 metrics.REQUESTS.labels(service, method).inc()
                 metrics.IN_FLIGHT.labels(service).inc()
                 start, failure = time.perf_counter(), None
@@ -88,12 +103,14 @@ def aio_rpc_method(service: str):
                     await _abort(context, exc)
                 finally:
                     _finish(service, method, start, context, failure)
+                    scope.close(failure, _code_name(context, failure))
                     request_id.reset(token)
             return stream
 
         @functools.wraps(fn)
         async def unary(self, req, context):
             token = request_id.set(_request_id(context))
+            scope = RpcScope(service, method, context.invocation_metadata())  # job/tenant log fields, span
             metrics.REQUESTS.labels(service, method).inc()
             metrics.IN_FLIGHT.labels(service).inc()
             start, failure = time.perf_counter(), None
@@ -107,6 +124,7 @@ def aio_rpc_method(service: str):
                 await _abort(context, exc)
             finally:
                 _finish(service, method, start, context, failure)
+                scope.close(failure, _code_name(context, failure))
                 request_id.reset(token)
         return unary
 

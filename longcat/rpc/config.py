@@ -67,6 +67,9 @@ def add_server_args(p: argparse.ArgumentParser, service: str, threads: int = 8) 
                    help="on SIGTERM: seconds in-flight calls get to finish before they are cancelled")
     p.add_argument("--threads", type=int, default=threads, help="gRPC handler threads")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--otlp-endpoint", default="",
+                   help="export OpenTelemetry traces over OTLP/HTTP to this URL (e.g. http://collector:4318); "
+                        "'' = the standard OTEL_EXPORTER_OTLP_ENDPOINT, and neither = tracing off")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -90,6 +93,7 @@ class ServerSettings:
     grace_s: float
     threads: int
     log_level: str
+    otlp_endpoint: str
 
     @classmethod
     def from_args(cls, args: argparse.Namespace):

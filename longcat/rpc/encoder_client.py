@@ -10,6 +10,7 @@ import torch
 from longcat.client.errors import from_rpc_error
 from longcat.rpc.channel import make_channel
 from longcat.rpc.codec import from_proto
+from longcat.tracing import outgoing_metadata
 from longcat.v1 import encoder_pb2, encoder_pb2_grpc
 
 
@@ -39,7 +40,8 @@ class EncoderClient:
         try:
             # wait_for_ready: a restarting encoder (or one still reconnecting) is waited for within the
             # timeout instead of failing the call at once.
-            resp = self.stub.EncodePrompt(req, timeout=timeout or self.timeout, metadata=metadata,
+            # outgoing_metadata: the job id, tenant and trace context of this thread travel with the call
+            resp = self.stub.EncodePrompt(req, timeout=timeout or self.timeout, metadata=outgoing_metadata(metadata),
                                           wait_for_ready=True)
         except grpc.RpcError as err:
             raise from_rpc_error(err) from None

@@ -19,6 +19,7 @@ from longcat.errors import Cancelled, LongCatError
 from longcat.logs import request_id
 from longcat.rpc import metrics
 from longcat.rpc.errors import status_for
+from longcat.tracing import RpcScope
 
 log = logging.getLogger("longcat.rpc")
 REQUEST_ID_KEY = "x-request-id"
@@ -68,6 +69,7 @@ def rpc_method(service: str):
             @functools.wraps(fn)
             def stream(self, req, context):
                 token = request_id.set(_request_id(context))
+                scope = RpcScope(service, method, context.invocation_metadata())  # job/tenant log fields, span
                 metrics.REQUESTS.labels(service, method).inc()
                 metrics.IN_FLIGHT.labels(service).inc()
                 start, failure = time.perf_counter(), None
@@ -82,12 +84,14 @@ def rpc_method(service: str):
                         _abort(context, exc)
                 finally:
                     _finish(service, method, start, context, failure)
+                    scope.close(failure, status_for(failure).name if failure else "")
                     request_id.reset(token)
             return stream
 
         @functools.wraps(fn)
         def unary(self, req, context):
             token = request_id.set(_request_id(context))
+            scope = RpcScope(service, method, context.invocation_metadata())  # job/tenant log fields, span
             metrics.REQUESTS.labels(service, method).inc()
             metrics.IN_FLIGHT.labels(service).inc()
             start, failure = time.perf_counter(), None
@@ -98,6 +102,7 @@ def rpc_method(service: str):
                 _abort(context, exc)
             finally:
                 _finish(service, method, start, context, failure)
+                scope.close(failure, status_for(failure).name if failure else "")
                 request_id.reset(token)
         return unary
 

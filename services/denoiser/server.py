@@ -21,6 +21,7 @@ from longcat.models.loading import DENOISER_COMPONENTS, load_components
 from longcat.rpc.config import EnvDefaults, ModelServerSettings, add_model_args, add_server_args
 from longcat.rpc.metrics import serve_metrics
 from longcat.rpc.server import GrpcServer
+from longcat.tracing import setup_tracing
 from longcat.v1 import denoiser_pb2_grpc
 from services.denoiser.servicer import SERVICE, DenoiserBackend, DenoiserServicer
 
@@ -155,6 +156,7 @@ def attach_parallel(args: DenoiserSettings, backend: DenoiserBackend, world: int
 
 def serve(args: DenoiserSettings) -> None:
     setup_logging(args.log_level)
+    setup_tracing("longcat-denoiser", args.otlp_endpoint)
     args, rank, world = join_ranks(args)
     if rank != 0:  # a follower: no server, runs what rank 0 shares until it shuts down
         from longcat.engine.parallel import follow

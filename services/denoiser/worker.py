@@ -12,6 +12,7 @@ FAILED with its last error (dead letter), never looped forever.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -33,8 +34,9 @@ from longcat.images import encode_png
 from longcat.jobs import payloads
 from longcat.jobs.connection import REDIS_ERRORS
 from longcat.jobs.store import JobStore
-from longcat.logs import request_id
+from longcat.logs import job_context, request_id
 from longcat.rpc import metrics
+from longcat.tracing import end_span, set_error, start_span, use_span
 from longcat.v1 import edit_pb2
 from services.denoiser.servicer import DenoiserBackend
 
@@ -66,10 +68,25 @@ class Entry:
     created_at: float = 0.0
     steps: int = 0
     attempt: int = 0
+    traceparent: str = ""  # the submitting call's trace (longcat.tracing): the job's span continues it
+    span: object = None    # the job's span on this worker, from its start to its ack or drop
 
 
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def _per_job(method):
+    """Run a method about one entry (or its StepJob) with the job's log fields and its span current."""
+    @functools.wraps(method)
+    def run(self, item, *args):
+        e: Entry = getattr(item, "tag", item)
+        if e.span is None:
+            e.span = start_span("denoiser.job", e.traceparent, {"longcat.job_id": e.job_id,
+                                                                "longcat.tenant": e.tenant})
+        with job_context(e.job_id, e.tenant), use_span(e.span):
+            return method(self, item, *args)
+    return run
 
 
 class JobTakenOver(Exception):
@@ -167,7 +184,8 @@ class EditWorker:
             level = LEVELS.get((view.extra.get("priority") if view else "") or "", NORMAL)
             self._seq += 1
             # A resumed entry (reclaimed, or our own from before a restart) goes before new ones of its level.
-            e = Entry(stream, entry_id, job_id, level, view.owner if view else "", self._seq - (1 << 40) * resumed)
+            e = Entry(stream, entry_id, job_id, level, view.owner if view else "", self._seq - (1 << 40) * resumed,
+                      traceparent=view.extra.get("traceparent", "") if view else "")
             with self._held_lock:
                 self.held[entry_id] = e
             self.waiting.append(e)
@@ -197,6 +215,7 @@ class EditWorker:
             if not self._start(e):
                 return
 
+    @_per_job
     def _start(self, e: Entry) -> bool:
         """Claim, encode, admit; False when the job must wait (its adapters do not fit beside those in use)."""
         e.token = f"{self._token_prefix}:{uuid.uuid4().hex[:8]}"
@@ -263,7 +282,7 @@ class EditWorker:
 
         return StepJob(job, adapters=[(a.name, a.scale) for a in req.adapters], priority=e.priority,
                        tenant=e.tenant, batchable=req.speed_preset == EXACT, on_step=on_step, cancel=cancel,
-                       deadline=deadline, preview_every=max(0, msg.preview_every), tag=e)
+                       deadline=deadline, preview_every=max(0, msg.preview_every), tag=e, job_id=e.job_id)
 
     def _run_alone(self, sj: StepJob) -> None:
         """A non-exact speed preset runs start to end through the one denoise stage, between two batched steps:
@@ -302,6 +321,7 @@ class EditWorker:
 
     # --- the end of a job --------------------------------------------------------------------------------
 
+    @_per_job
     def _ended(self, sj: StepJob) -> None:
         e: Entry = sj.tag
         rid = request_id.set(e.job_id)
@@ -340,6 +360,7 @@ class EditWorker:
         log.info("job succeeded", extra={"job_id": e.job_id, "timings": timings, "forwards": sj.forwards})
 
     def _failed(self, e: Entry, exc: BaseException, attempts: int) -> None:
+        set_error(e.span, exc)
         if isinstance(exc, JobTakenOver):
             log.info("job taken over by another worker", extra={"job_id": e.job_id})
             self._drop(e)
@@ -374,6 +395,8 @@ class EditWorker:
         """Stop heart-beating the entry (acknowledged, or left pending for another worker)."""
         with self._held_lock:
             self.held.pop(e.entry_id, None)
+        end_span(e.span)
+        e.span = None
 
     def _heartbeat(self, done: threading.Event) -> None:
         period = max(0.2, self.heartbeat_timeout_s / 5)

@@ -14,6 +14,7 @@ from longcat.models.loading import ENCODER_COMPONENTS, load_components
 from longcat.rpc.config import EnvDefaults, ModelServerSettings, add_model_args, add_server_args
 from longcat.rpc.metrics import serve_metrics
 from longcat.rpc.server import GrpcServer
+from longcat.tracing import setup_tracing
 from longcat.v1 import encoder_pb2_grpc
 from services.encoder.cache import EmbeddingCache
 from services.encoder.servicer import SERVICE, EncoderBackend, EncoderServicer
@@ -47,6 +48,7 @@ def warm_up(backend: EncoderBackend) -> None:
 
 def serve(args: EncoderSettings) -> None:
     setup_logging(args.log_level)
+    setup_tracing("longcat-encoder", args.otlp_endpoint)
     serve_metrics(args.metrics_port)
     servicer = EncoderServicer()
     server = GrpcServer([SERVICE], args.host, args.port, args.max_message_mb, args.threads,

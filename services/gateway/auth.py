@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from longcat.errors import Unauthenticated
+from longcat.logs import bind_job
 from services.gateway.core import Caller
 
 ANONYMOUS = "anonymous"
@@ -76,6 +77,7 @@ class ApiKeys:
         missing or wrong)."""
         key = authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
         owner = self.owner_for(authorization)
+        bind_job(owner=owner)  # every log line of this call names its tenant (longcat.logs)
         return Caller(owner, authenticated=self.enabled, key=key if self.enabled else "",
                       admin=self.enabled and owner in self.admins)
 

@@ -38,7 +38,9 @@ from longcat.jobs import payloads
 from longcat.jobs.connection import redis_unavailable_as_error
 from longcat.jobs.payload import payload_hash
 from longcat.jobs.store import JobStore, NotReplicated
+from longcat.logs import bind_job
 from longcat.rpc.errors import STATUS
+from longcat.tracing import job_fields
 from longcat.v1 import adapters_pb2, edit_pb2, training_pb2
 from services.gateway.adapter_refs import resolve_edit_adapters, viewer_of
 from services.gateway.events import watch
@@ -94,6 +96,7 @@ class GatewayCore:
     # ---- jobs of either kind: visible only to their owner (others get NOT_FOUND: existence is not leaked) ----
 
     def _view(self, caller: Caller, job_id: str, kind: str | None):
+        bind_job(job_id[:128])  # the rest of this call's log lines name the job asked for (found or not)
         view = self.store.get(check_job_id(job_id))  # a malformed id never reaches a Redis key
         if view is None or view.owner != caller.owner or (kind and view.kind != kind):
             raise NotFound(f"no job {job_id!r}", "job_id")
@@ -167,9 +170,10 @@ class GatewayCore:
                 job_id, created, _ = self.store.submit("edit", caller.owner, msg.SerializeToString(),
                                                        request.request_id, deadline, self.config.max_queue,
                                                        fields={"total_steps": req.num_inference_steps,
-                                                               "priority": priority, **blob}, priority=priority,
-                                                       payload_hash=payload_hash("edit", request),
+                                                               "priority": priority, **blob, **job_fields()},
+                                                       priority=priority, payload_hash=payload_hash("edit", request),
                                                        max_active=self._quota(caller, "edit"))
+                bind_job(job_id)
             except LongCatError as exc:
                 # Refused (queue full, quota, request_id reused), or recorded without replicas' confirmation
                 # (kept only if it is ours). A Redis error lands elsewhere: the job may exist, so its blob
@@ -253,8 +257,9 @@ class GatewayCore:
                     "training", caller.owner, request.SerializeToString(), request.request_id,
                     max_queue=self.config.max_training_queue,
                     fields={"adapter_name": submission.adapter_name, "per_owner": int(self.roots.per_owner),
-                            "total_steps": submission.config.max_train_steps or 0},
+                            "total_steps": submission.config.max_train_steps or 0, **job_fields()},
                     payload_hash=payload_hash("training", request), max_active=self._quota(caller, "training"))
+                bind_job(job_id)
             except NotReplicated as exc:  # recorded but not confirmed: hand it over anyway, so that a retry
                 if exc.created:           # with the same request_id (which returns this job) finds it running
                     self.dispatch(exc.job_id)

@@ -25,6 +25,7 @@ from longcat.logs import setup_logging
 from longcat.redact import redact_url
 from longcat.rpc.config import EnvDefaults, ServerSettings, add_server_args
 from longcat.rpc.metrics import serve_metrics
+from longcat.tracing import setup_tracing
 from services.gateway.aio_main import serve_grpc
 from services.gateway.auth import ApiKeys
 from services.gateway.core import GatewayConfig, GatewayCore
@@ -153,6 +154,7 @@ def serve(args: GatewaySettings) -> None:
     import os
 
     setup_logging(args.log_level)
+    setup_tracing("longcat-gateway", args.otlp_endpoint)
     serve_metrics(args.metrics_port)
     # Each thread that may call Redis at once (gRPC calls, HTTP calls, the event hub) may hold a connection.
     client = connect(args.redis_url, max_connections=2 * args.threads + args.hub_readers + EventHub.THREADS + 32)

@@ -9,6 +9,7 @@ request arbitrary internal addresses."""
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import hmac
 import json
@@ -71,8 +72,9 @@ class Webhooks:
         return url
 
     def follow(self, job_id: str, url: str, key: str, progress: bool = False) -> threading.Thread:
-        t = threading.Thread(target=self._follow, args=(job_id, url, key, progress), name=f"webhook-{job_id}",
-                             daemon=True)
+        # In the submitting call's context: its log lines carry the job id and tenant (longcat.logs).
+        t = threading.Thread(target=contextvars.copy_context().run, args=(self._follow, job_id, url, key, progress),
+                             name=f"webhook-{job_id}", daemon=True)
         t.start()
         return t
 

@@ -8,6 +8,7 @@ import threading
 
 from longcat.jobs.connection import REDIS_ERRORS
 from longcat.jobs.store import JobStore
+from longcat.logs import job_context
 
 log = logging.getLogger("longcat.trainer.reaper")
 
@@ -26,11 +27,11 @@ def reap_once(store: JobStore, dispatch, lock_ms: int = 5000) -> list[str]:
         # replica never got it); that worker stopped when its lease did not extend. Dispatch it again too.
         if view.state in ("RUNNING", "QUEUED") and not store.lease_held(job_id) and \
                 store.try_lock(f"redispatch:{job_id}:{view.attempts}:{view.extra.get('pauses', 0)}", 3600_000):
-            log.warning("training job lost its worker; dispatching it again",
-                        extra={"job_id": job_id, "attempts": view.attempts})
-            store.add_event(job_id, {"kind": "message", "state": "RUNNING",
-                                     "message": "its worker stopped; resuming from the last checkpoint"})
-            dispatch(job_id)
+            with job_context(job_id, view.owner):  # its lines name the job and tenant (longcat.logs)
+                log.warning("training job lost its worker; dispatching it again", extra={"attempts": view.attempts})
+                store.add_event(job_id, {"kind": "message", "state": "RUNNING",
+                                         "message": "its worker stopped; resuming from the last checkpoint"})
+                dispatch(job_id)
             again.append(job_id)
     return again
 

@@ -21,7 +21,8 @@ from longcat.api.training import TrainingSubmission
 from longcat.errors import InvalidArgument, LongCatError, NotFound
 from longcat.jobs.connection import REDIS_ERRORS
 from longcat.jobs.store import JobStore
-from longcat.logs import request_id
+from longcat.logs import job_context, request_id
+from longcat.tracing import set_error, span
 from longcat.v1 import training_pb2
 
 log = logging.getLogger("longcat.trainer")
@@ -68,11 +69,24 @@ class TrainerContext:
 
 
 def run_training_job(ctx: TrainerContext, job_id: str) -> str:
-    """Returns what happened: the terminal state, 'busy' (another worker holds it) or 'retry'."""
+    """Returns what happened: the terminal state, 'busy' (another worker holds it) or 'retry'. Every log line
+    meanwhile carries the job id and tenant; the job's span continues the submitting call's trace."""
+    view = ctx.store.get(job_id)
+    owner = view.owner if view else None
+    with job_context(job_id, owner), span("trainer.job", view.extra.get("traceparent", "") if view else "",
+                                          attributes={"longcat.job_id": job_id, "longcat.tenant": owner}) as s:
+        outcome = _run(ctx, job_id, view)
+        if s is not None:
+            s.set_attribute("longcat.outcome", outcome)
+            if outcome in ("FAILED", "retry", "lost"):
+                set_error(s, RuntimeError(outcome))
+        return outcome
+
+
+def _run(ctx: TrainerContext, job_id: str, view) -> str:
     from longcat.api.training_errors import ConfigError, DatasetError
     from longcat.training import Trainer
 
-    view = ctx.store.get(job_id)
     if view is None or view.terminal:
         return view.state if view else "MISSING"
     token = f"{ctx.consumer}:{os.getpid()}-{uuid.uuid4().hex[:8]}"

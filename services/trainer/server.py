@@ -26,7 +26,9 @@ from longcat.rpc.config import EnvDefaults, ServerSettings, add_server_args
 from longcat.rpc.handler import rpc_method
 from longcat.rpc.metrics import serve_metrics
 from longcat.rpc.server import GrpcServer
+from longcat.tracing import setup_tracing
 from longcat.v1 import trainer_pb2, trainer_pb2_grpc
+from services.trainer import celery_logs
 from services.trainer.reaper import run_reaper, take_back_own_jobs
 from services.trainer.runner import TrainerContext, run_training_job
 
@@ -118,9 +120,11 @@ def trainer_id(args: TrainerSettings) -> str:
 
 def serve(args: TrainerSettings) -> None:
     setup_logging(args.log_level)
+    setup_tracing("longcat-trainer", args.otlp_endpoint)
     serve_metrics(args.metrics_port)
     ctx = build_context(args)
     app = make_app(args.redis_url)
+    celery_logs.install(ctx.store)  # Celery's own per-task lines name the job and tenant
 
     @app.task(name=TASK, bind=True)
     def train(task, job_id: str) -> str:

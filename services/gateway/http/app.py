@@ -18,6 +18,7 @@ from services.gateway.core import GatewayCore
 from services.gateway.http import adapters, errors, health, images, jobs, trainings, ui
 from services.gateway.http.guard import Guard
 from services.gateway.http.metrics import HttpMetrics
+from services.gateway.http.tracing import HttpTracing
 
 DESCRIPTION = """The LongCat Edit Stack over HTTP: OpenAI-compatible `POST /v1/images/edits`, REST jobs with
 live events (Server-Sent Events), LoRA training and adapters. With API keys on, send
@@ -39,6 +40,7 @@ def create_app(core: GatewayCore, auth: ApiKeys, *, ready: Callable[[], bool] = 
     ui.install(app)
     app.add_middleware(Guard, auth=auth, max_request_bytes=max_request_bytes,
                        max_upload_bytes=core.config.max_upload_bytes)
+    app.add_middleware(HttpTracing)  # a span per request, the Guard's refusals included
     app.add_middleware(HttpMetrics)  # outermost: counts the Guard's 401/413 answers too
     return app
 
