@@ -155,3 +155,17 @@ def test_sse_refuses_a_bad_last_event_id_before_the_stream_starts(gateway, stubs
             assert any(line.startswith("data:") for line in lines)  # its queued event, over the hub
     finally:
         edit.CancelJob(edit_pb2.CancelJobRequest(job_id=job.id), timeout=30)
+
+
+def test_the_aio_door_implements_every_public_method():
+    """The asyncio servicers replace the generated base classes' methods one by one: a method a proto gains
+    (SetAdapterVisibility did) must be implemented here too, or it answers UNIMPLEMENTED."""
+    from longcat.v1 import adapters_pb2, edit_pb2 as edit_desc, training_pb2 as training_desc
+    from services.gateway import aio_servicers
+
+    for cls, desc in ((aio_servicers.AioEditServicer, edit_desc.DESCRIPTOR.services_by_name["EditService"]),
+                      (aio_servicers.AioTrainingServicer,
+                       training_desc.DESCRIPTOR.services_by_name["TrainingService"]),
+                      (aio_servicers.AioAdapterServicer, adapters_pb2.DESCRIPTOR.services_by_name["AdapterService"])):
+        missing = [m.name for m in desc.methods if m.name not in vars(cls)]
+        assert not missing, f"{cls.__name__} lacks {missing}"

@@ -38,8 +38,9 @@ async def in_pool(pool: Executor | None, fn, *args):
         # What the call learnt (bind_job: a new job's id, the caller's tenant) comes back to the RPC's scope,
         # so its closing log line and span name them as the threaded door's do.
         for var in (job_id, tenant):
-            if ctx[var] != var.get():
-                var.set(ctx[var])
+            learnt = ctx.get(var)  # None: never set in there (the default applies)
+            if learnt is not None and learnt != var.get():
+                var.set(learnt)
 
 
 def _gone_code(context) -> grpc.StatusCode:

@@ -118,6 +118,11 @@ class AioAdapterServicer(_Door, adapters_pb2_grpc.AdapterServiceServicer):
         return await self.call(self.core.delete_adapter, self.auth.caller(context), request.name)
 
     @aio_rpc_method(adapters.SERVICE)
+    async def SetAdapterVisibility(self, request, context):
+        return await self.call(self.core.set_adapter_visibility, self.auth.caller(context), request.name,
+                               request.visibility)
+
+    @aio_rpc_method(adapters.SERVICE)
     async def DownloadAdapter(self, request, context):
         download = await self.call(self.core.download_adapter, self.auth.caller(context), request.name)
         chunks = download.chunks(CHUNK_BYTES)
