@@ -160,7 +160,9 @@ def test_sse_refuses_a_bad_last_event_id_before_the_stream_starts(gateway, stubs
 def test_the_aio_door_implements_every_public_method():
     """The asyncio servicers replace the generated base classes' methods one by one: a method a proto gains
     (SetAdapterVisibility did) must be implemented here too, or it answers UNIMPLEMENTED."""
-    from longcat.v1 import adapters_pb2, edit_pb2 as edit_desc, training_pb2 as training_desc
+    from longcat.v1 import adapters_pb2
+    from longcat.v1 import edit_pb2 as edit_desc
+    from longcat.v1 import training_pb2 as training_desc
     from services.gateway import aio_servicers
 
     for cls, desc in ((aio_servicers.AioEditServicer, edit_desc.DESCRIPTOR.services_by_name["EditService"]),

@@ -279,6 +279,7 @@ def test_a_training_run_under_a_taken_name_publishes_the_trainers_own_adapter(st
     assert stack.http.get(f"/v1/jobs/{job.id}", headers=hdr("alice")).status_code == 404
     mine = stack.adapters().GetAdapter(adapters_pb2.GetAdapterRequest(name="taken"), timeout=30, metadata=md("bob"))
     assert (mine.owner, mine.job_id) == ("bob", job.id)
+    assert (final.adapter_name, final.adapter_ref) == ("taken", "bob/taken@v1")  # the version it published
     # Alice's "taken" is still hers, renders the same image, and she can still delete it.
     assert image(stack, "alice", [("taken", 1.0)]) == a
     gone = stack.adapters().DeleteAdapter(adapters_pb2.DeleteAdapterRequest(name="taken"), timeout=30,

@@ -47,8 +47,9 @@ def run(args) -> int:
     if final.state != edit_pb2.SUCCEEDED:
         raise _job_error(final)
     if not args.json:
-        print(f"adapter {final.adapter_name!r} published at step {final.step}; edit with "
-              f"--adapter {final.adapter_name}")
+        ref = final.adapter_ref or final.adapter_name
+        print(f"adapter {ref!r} published at step {final.step}; edit with --adapter {final.adapter_name} (its "
+              f"newest version) or --adapter {ref} (this one)")
         for path in saved:
             print(f"  {path}")
     return 0

@@ -57,6 +57,7 @@ class JobView:
     height: int = 0
     seed: int = 0
     adapter_name: str = ""
+    adapter_ref: str = ""  # a finished training job's published version, owner/name@vN
     timings: dict = field(default_factory=dict)
     cancel_requested: bool = False
     extra: dict = field(default_factory=dict)
@@ -74,7 +75,8 @@ class JobView:
                 view.timings = json.loads(v or "{}")
             elif k == "cancel_requested":
                 view.cancel_requested = v == "1"
-            elif k in ("kind", "state", "owner", "request_id", "reason", "error_code", "adapter_name"):
+            elif k in ("kind", "state", "owner", "request_id", "reason", "error_code", "adapter_name",
+                       "adapter_ref"):
                 setattr(view, k, v)
             else:
                 view.extra[k] = v
@@ -89,7 +91,7 @@ class JobView:
             id=self.id, kind=edit_pb2.JobKind.Value(self.kind.upper()), state=edit_pb2.JobState.Value(self.state),
             reason=self.reason, error_code=self.error_code, created_at=self.created_at, started_at=self.started_at,
             finished_at=self.finished_at, queue_position=position, request_id=self.request_id,
-            adapter_name=self.adapter_name, step=clamp_int32(self.step), total_steps=clamp_int32(self.total_steps),
+            adapter_name=self.adapter_name, adapter_ref=self.adapter_ref, step=clamp_int32(self.step), total_steps=clamp_int32(self.total_steps),
             attempts=clamp_int32(self.attempts))
         if self.state == "SUCCEEDED" and self.kind == "edit":
             t = self.timings

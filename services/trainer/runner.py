@@ -153,7 +153,7 @@ def _run(ctx: TrainerContext, job_id: str, view) -> str:
             return "CANCELLED"
         info = ctx.registry.publish(submission.adapter_name, result.adapter_path, owner=view.owner, job_id=job_id)
         ok = ctx.store.finish(job_id, token, "SUCCEEDED", fields={
-            "adapter_name": info.name, "step": result.step, "total_steps": result.total_steps,
+            "adapter_name": info.name, "adapter_ref": info.ref, "step": result.step, "total_steps": result.total_steps,
             "adapter_path": str(result.adapter_path), "output_dir": str(config.output_dir)})
         log.info("training job done", extra={"adapter": info.name, "step": result.step, "recorded": ok})
         return "SUCCEEDED"

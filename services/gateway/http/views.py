@@ -37,6 +37,7 @@ def job_json(job: edit_pb2.Job) -> dict:
            "total_steps": job.total_steps, "attempts": job.attempts, "result": None}
     if job.kind == edit_pb2.TRAINING:
         out["adapter_name"] = job.adapter_name
+        out["adapter_ref"] = job.adapter_ref  # the published version, once SUCCEEDED
     if job.HasField("result"):
         out["result"] = result_json(job.result)
     return out
