@@ -242,7 +242,10 @@ def target(redis_server, tiny_model_path, tmp_path_factory):
         "--redis-url", redis_server.url, "--namespace", ns, "--adapter-dir", str(root / "adapters"),
         "--data-root", str(data), "--output-root", str(root / "out"), "--model", tiny_model_path,
         "--callback-hosts", "127.0.0.1", "--max-upload-mb", "2", "--max-adapter-mb", "2", "--max-image-mb", "1",
-        "--max-queue", "1", "--max-message-mb", "8"],
+        "--max-queue", "1", "--max-message-mb", "8",
+        # Generated submissions that pass are real jobs (no trainer here: they stay queued); the per-tenant
+        # training quota (tested in test_submission_integrity.py) would fill up in the long variant.
+        "--max-training-per-tenant", "100000"],
         root / "logs", env={"LONGCAT_API_KEYS": f"alice:{KEY},bob:{BOB_KEY}"})
     try:
         gw.wait_serving(240)
