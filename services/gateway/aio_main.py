@@ -12,8 +12,7 @@ from grpc_health.v1 import health_pb2
 
 from longcat.jobs.connection import REDIS_ERRORS
 from longcat.rpc.aio_server import AioGrpcServer
-from services.gateway import adapters, edit, training
-from services.gateway.aio_servicers import add_to_server
+from services.gateway.aio_servicers import SERVICES, add_to_server
 from services.gateway.auth_first import AuthFirst
 from services.gateway.hub import EventHub
 
@@ -46,9 +45,8 @@ async def serve_grpc(core, auth, client, args, hub: EventHub, start_http) -> Non
     (or returns None) once gRPC listens."""
     # Short calls (Redis round trips, uploads) run here; waiting calls never take a thread of it.
     pool = ThreadPoolExecutor(max(4, args.threads), thread_name_prefix="gateway-call")
-    services = [edit.SERVICE, training.SERVICE, adapters.SERVICE]
-    server = AioGrpcServer(services, args.host, args.port, args.max_message_mb,
-                           interceptors=[AuthFirst(auth, services)])  # no key: refused before the body is read
+    server = AioGrpcServer(SERVICES, args.host, args.port, args.max_message_mb,
+                           interceptors=[AuthFirst(auth, SERVICES)])  # no key: refused before the body is read
     add_to_server(server.server, core, auth, hub, pool)
     stopping = threading.Event()
     doors = {}

@@ -17,13 +17,17 @@ from longcat.jobs.connection import REDIS_ERRORS
 from longcat.rpc import wire
 from longcat.rpc.aio_handler import aio_rpc_method, in_pool
 from longcat.v1 import adapters_pb2, adapters_pb2_grpc, edit_pb2_grpc, training_pb2, training_pb2_grpc
-from services.gateway import adapters, edit, training
-from services.gateway.adapters import CHUNK_BYTES
 from services.gateway.auth import ApiKeys
 from services.gateway.core import TERMINAL, GatewayCore, deadline_from_remaining
 from services.gateway.hub import EventHub
 
 log = logging.getLogger("longcat.gateway")
+
+EDIT_SERVICE = "longcat.v1.EditService"
+TRAINING_SERVICE = "longcat.v1.TrainingService"
+ADAPTER_SERVICE = "longcat.v1.AdapterService"
+SERVICES = [EDIT_SERVICE, TRAINING_SERVICE, ADAPTER_SERVICE]
+CHUNK_BYTES = 1 << 20  # adapter downloads: well under gRPC's default 4 MiB message limit
 
 
 class _Door:
@@ -41,12 +45,12 @@ class _Door:
 
 
 class AioEditServicer(_Door, edit_pb2_grpc.EditServiceServicer):
-    @aio_rpc_method(edit.SERVICE)
+    @aio_rpc_method(EDIT_SERVICE)
     async def SubmitEdit(self, request, context):
         return await self.call(self.core.submit_edit, self.auth.caller(context), request,
                                deadline_from_remaining(context.time_remaining()))
 
-    @aio_rpc_method(edit.SERVICE)
+    @aio_rpc_method(EDIT_SERVICE)
     async def Edit(self, request, context):
         job = await self.SubmitEdit.__wrapped__(self, request, context)
         try:
@@ -58,45 +62,45 @@ class AioEditServicer(_Door, edit_pb2_grpc.EditServiceServicer):
             raise
         return await self.call(self.core.edit_outcome, job.id, True)
 
-    @aio_rpc_method(edit.SERVICE)
+    @aio_rpc_method(EDIT_SERVICE)
     async def WatchJob(self, request, context):
         async for ev in self.watch(context, request.job_id, request.after_event_id, "edit"):
             yield ev
 
-    @aio_rpc_method(edit.SERVICE)
+    @aio_rpc_method(EDIT_SERVICE)
     async def GetJob(self, request, context):
         return await self.call(self.core.get_job, self.auth.caller(context), request.job_id, "edit")
 
-    @aio_rpc_method(edit.SERVICE)
+    @aio_rpc_method(EDIT_SERVICE)
     async def CancelJob(self, request, context):
         return await self.call(self.core.cancel_job, self.auth.caller(context), request.job_id, "edit")
 
 
 class AioTrainingServicer(_Door, training_pb2_grpc.TrainingServiceServicer):
-    @aio_rpc_method(training.SERVICE)
+    @aio_rpc_method(TRAINING_SERVICE)
     async def SubmitTraining(self, request, context):
         return await self.call(self.core.submit_training, self.auth.caller(context), request)
 
-    @aio_rpc_method(training.SERVICE)
+    @aio_rpc_method(TRAINING_SERVICE)
     async def WatchJob(self, request, context):
         async for ev in self.watch(context, request.job_id, request.after_event_id, "training"):
             yield ev
 
-    @aio_rpc_method(training.SERVICE)
+    @aio_rpc_method(TRAINING_SERVICE)
     async def GetJob(self, request, context):
         return await self.call(self.core.get_job, self.auth.caller(context), request.job_id, "training")
 
-    @aio_rpc_method(training.SERVICE)
+    @aio_rpc_method(TRAINING_SERVICE)
     async def CancelJob(self, request, context):
         return await self.call(self.core.cancel_job, self.auth.caller(context), request.job_id, "training")
 
-    @aio_rpc_method(training.SERVICE)
+    @aio_rpc_method(TRAINING_SERVICE)
     async def ListJobs(self, request, context):
         jobs = await self.call(self.core.list_jobs, self.auth.caller(context), request.kind, request.state,
                                request.limit)
         return training_pb2.ListJobsResponse(jobs=jobs)
 
-    @aio_rpc_method(training.SERVICE)
+    @aio_rpc_method(TRAINING_SERVICE)
     async def UploadDataset(self, request_iterator, context):
         caller = self.auth.caller(context)
         chunks = _blocking_iter(request_iterator, asyncio.get_running_loop())
@@ -104,25 +108,25 @@ class AioTrainingServicer(_Door, training_pb2_grpc.TrainingServiceServicer):
 
 
 class AioAdapterServicer(_Door, adapters_pb2_grpc.AdapterServiceServicer):
-    @aio_rpc_method(adapters.SERVICE)
+    @aio_rpc_method(ADAPTER_SERVICE)
     async def ListAdapters(self, request, context):
         found = await self.call(self.core.list_adapters, self.auth.caller(context))
         return adapters_pb2.ListAdaptersResponse(adapters=found)
 
-    @aio_rpc_method(adapters.SERVICE)
+    @aio_rpc_method(ADAPTER_SERVICE)
     async def GetAdapter(self, request, context):
         return await self.call(self.core.get_adapter, self.auth.caller(context), request.name)
 
-    @aio_rpc_method(adapters.SERVICE)
+    @aio_rpc_method(ADAPTER_SERVICE)
     async def DeleteAdapter(self, request, context):
         return await self.call(self.core.delete_adapter, self.auth.caller(context), request.name)
 
-    @aio_rpc_method(adapters.SERVICE)
+    @aio_rpc_method(ADAPTER_SERVICE)
     async def SetAdapterVisibility(self, request, context):
         return await self.call(self.core.set_adapter_visibility, self.auth.caller(context), request.name,
                                request.visibility)
 
-    @aio_rpc_method(adapters.SERVICE)
+    @aio_rpc_method(ADAPTER_SERVICE)
     async def DownloadAdapter(self, request, context):
         download = await self.call(self.core.download_adapter, self.auth.caller(context), request.name)
         chunks = download.chunks(CHUNK_BYTES)
@@ -140,14 +144,14 @@ class AioAdapterServicer(_Door, adapters_pb2_grpc.AdapterServiceServicer):
         finally:
             self.pool.submit(chunks.close)  # closes the file
 
-    @aio_rpc_method(adapters.SERVICE)
+    @aio_rpc_method(ADAPTER_SERVICE)
     async def UploadAdapter(self, request_iterator, context):
         caller = self.auth.caller(context)
         first = await _anext_or_none(request_iterator)
         if first is None or not first.HasField("metadata"):
             raise InvalidArgument("the first message must carry the metadata (name, overwrite)", "metadata")
         meta = first.metadata
-        chunks = adapters._data(_blocking_iter(request_iterator, asyncio.get_running_loop()))
+        chunks = _adapter_data(_blocking_iter(request_iterator, asyncio.get_running_loop()))
         return await self.call(self.core.upload_adapter, caller, meta.name, chunks, meta.overwrite,
                                meta.peft_config)
 
@@ -159,6 +163,13 @@ def add_to_server(server, core: GatewayCore, auth: ApiKeys, hub: EventHub, pool:
                   server)
     wire.register(adapters_pb2_grpc.add_AdapterServiceServicer_to_server, AioAdapterServicer(core, auth, hub, pool),
                   server)
+
+
+def _adapter_data(messages):
+    for m in messages:
+        if m.HasField("metadata"):
+            raise InvalidArgument("only the first message may carry metadata", "metadata")
+        yield m.data
 
 
 async def _anext_or_none(it):
