@@ -70,7 +70,6 @@ class TrainerContext:
 def run_training_job(ctx: TrainerContext, job_id: str) -> str:
     """Returns what happened: the terminal state, 'busy' (another worker holds it) or 'retry'."""
     from longcat.api.training_errors import ConfigError, DatasetError
-    from longcat.training import Trainer
 
     view = ctx.store.get(job_id)
     if view is None or view.terminal:
@@ -118,6 +117,10 @@ def run_training_job(ctx: TrainerContext, job_id: str) -> str:
                 return ctx.store.cancel_requested(job_id)
             except REDIS_ERRORS:
                 return False
+
+        # Imported here, not first: on a cold worker it takes seconds, and until the job is marked active above
+        # only its broker message (already taken) says that it is being run.
+        from longcat.training import Trainer
 
         components = ctx.components(config.pretrained_model_name_or_path, config.base_model_precision)
         embedder = _embedder(ctx, config, components)
