@@ -108,3 +108,40 @@ def test_a_training_job_whose_claim_a_failover_lost_is_dispatched_again(redis_se
     assert reap_once(store, sent.append) == [job_id] and sent == [job_id]
     store.r.delete(store.k.lock("train-reaper"))
     assert reap_once(store, sent.append) == []                  # once per attempt, not every pass
+
+
+def test_a_queued_training_job_whose_celery_message_a_failover_lost_is_dispatched_again(redis_server):
+    """QUEUED, never marked active, and no message for it in the broker (published to, or taken from, the
+    primary that was lost): the reaper dispatches it again, once per grace period; never while a real Celery
+    message for it waits in the queue, nor while a worker holds it."""
+    pytest.importorskip("celery")
+    from longcat.jobs.celery_app import QUEUE, TASK, make_app, waiting_job_ids
+    from services.trainer.reaper import reap_once
+
+    store = JobStore(connect(redis_server.url), Keys("reap-orphan"))
+    store.r.delete(QUEUE)
+    job_id, _, _ = store.submit("training", "o", b"req")
+    app = make_app(redis_server.url)
+    app.send_task(TASK, args=[job_id], queue=QUEUE)  # what the gateway sends
+    waiting = lambda: waiting_job_ids(store.r)  # noqa: E731
+    assert waiting() == {job_id}
+    sent = []
+
+    def reap():
+        store.r.delete(store.k.lock("train-reaper"))
+        return reap_once(store, sent.append, waiting=waiting, orphan_grace_s=0.5)
+
+    time.sleep(0.6)
+    assert reap() == [] and sent == []                   # its message waits in the broker
+    store.r.delete(QUEUE)                                # the failover lost it
+    assert reap() == [job_id] and sent == [job_id]
+    assert reap() == [] and sent == [job_id]             # not again within the grace period
+    time.sleep(0.6)
+    assert reap() == [job_id] and sent == [job_id] * 2  # still nothing carries it: again
+    store.mark_active(job_id)                            # a worker took it: its lease is the reaper's test
+    store.r.set(store.k.train_lease(job_id), "trainer-1:1-aa", px=60_000)
+    time.sleep(0.6)
+    assert reap() == []
+    fresh, _, _ = store.submit("training", "o", b"req2")
+    assert reap() == []                                  # just submitted: its message may be on its way
+    app.close()

@@ -44,3 +44,36 @@ def make_app(redis_url: str, visibility_timeout_s: int = 7 * 24 * 3600):
         accept_content=["json"],
     )
     return app
+
+
+# kombu's Redis transport keeps a queue's waiting messages in lists: the queue's name for the default priority,
+# ``name + "\x06\x16" + step`` for the other priority steps (kombu.transport.redis.Channel).
+_PRIORITY_SEP, _PRIORITY_STEPS = "\x06\x16", (3, 6, 9)
+
+
+def waiting_job_ids(client) -> set[str]:
+    """The job ids of the training tasks waiting in the broker (not yet taken by a worker). ``client`` is a
+    redis-py client on the broker's Redis (the stack's: the job store's client)."""
+    out: set[str] = set()
+    for key in [QUEUE] + [f"{QUEUE}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS]:
+        for raw in client.lrange(key, 0, -1):
+            job_id = _job_id_of(raw)
+            if job_id:
+                out.add(job_id)
+    return out
+
+
+def _job_id_of(raw: bytes) -> str:
+    """The job id a kombu message carries (task protocol 2: the body is ``[args, kwargs, embed]``)."""
+    import base64
+    import json
+
+    try:
+        message = json.loads(raw)
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0]) if args else ""
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""

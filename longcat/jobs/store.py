@@ -329,6 +329,12 @@ class JobStore:
     def active_training_jobs(self) -> list[str]:
         return [as_str(raw) for raw in self.r.smembers(self.k.train_active)]
 
+    def is_active(self, job_id: str) -> bool:
+        return bool(self.r.sismember(self.k.train_active, job_id))
+
+    def queued_training_jobs(self) -> list[str]:
+        return [as_str(raw) for raw in self.r.zrange(self.k.train_queue, 0, -1)]
+
     def try_lock(self, name: str, ttl_ms: int) -> bool:
         """A best-effort lock (one reaper pass, one redispatch per attempt), expiring by itself."""
         return bool(self.r.set(self.k.lock(name), "1", nx=True, px=ttl_ms))

@@ -85,7 +85,6 @@ def run_training_job(ctx: TrainerContext, job_id: str) -> str:
 
 def _run(ctx: TrainerContext, job_id: str, view) -> str:
     from longcat.api.training_errors import ConfigError, DatasetError
-    from longcat.training import Trainer
 
     if view is None or view.terminal:
         return view.state if view else "MISSING"
@@ -132,6 +131,10 @@ def _run(ctx: TrainerContext, job_id: str, view) -> str:
                 return ctx.store.cancel_requested(job_id)
             except REDIS_ERRORS:
                 return False
+
+        # Imported here, not first: on a cold worker it takes seconds, and until the job is marked active above
+        # only its broker message (already taken) says that it is being run.
+        from longcat.training import Trainer
 
         try:
             components = ctx.components(config.pretrained_model_name_or_path, config.base_model_precision)

@@ -17,7 +17,7 @@ from longcat.api.keys import Keys
 from longcat.api.training import Roots
 from longcat.blobs import open_blob_store
 from longcat.blobs.flags import add_blob_args
-from longcat.jobs.celery_app import QUEUE, TASK, make_app
+from longcat.jobs.celery_app import QUEUE, TASK, make_app, waiting_job_ids
 from longcat.jobs.connection import connect
 from longcat.jobs.store import JobStore
 from longcat.logs import setup_logging
@@ -146,7 +146,10 @@ def serve(args: TrainerSettings) -> None:
     server.start()
     stop = threading.Event()
     take_back_own_jobs(ctx.store, ctx.consumer, dispatch)  # what this trainer held before a crash, at once
-    threading.Thread(target=run_reaper, args=(ctx.store, dispatch, stop, args.reaper_period_s), daemon=True).start()
+    # A queued job that no broker message carries (lost in a failover) is dispatched again after this grace.
+    grace_s = 2 * max(args.lease_ttl_s, args.reaper_period_s)
+    threading.Thread(target=run_reaper, args=(ctx.store, dispatch, stop, args.reaper_period_s,
+                                              lambda: waiting_job_ids(ctx.store.r), grace_s), daemon=True).start()
     server.mark_serving()
     log.info("trainer up", extra={"queue": QUEUE, "redis": redact_url(args.redis_url)})
     # Celery's own warm shutdown on SIGTERM: it stops taking jobs; the running one pauses at a checkpoint.
