@@ -136,18 +136,22 @@ async function loadAdapterPicker() {
   let adapters;
   try { adapters = listOf(await apiJson("/v1/adapters"), "adapters"); } catch (e) { box.textContent = e.message; return; }
   const chosen = new Map([...box.querySelectorAll(".adapter")].filter((r) => r.querySelector("input[type=checkbox]").checked)
-    .map((r) => [r.dataset.name, r.querySelector("input[type=number]").value]));
-  if (ui.pendingAdapter) { chosen.set(ui.pendingAdapter, "1"); ui.pendingAdapter = null; }
+    .map((r) => [r.dataset.ref, r.querySelector("input[type=number]").value]));
+  let pending = ui.pendingAdapter; ui.pendingAdapter = null;
   box.replaceChildren();
   if (!adapters.length) { box.innerHTML = "<em>none yet: train one, or upload one under Adapters</em>"; return; }
   for (const a of adapters) {
+    // owner/name: the newest version of that owner's adapter (a plain name would mean the caller's own only).
+    const ref = a.owner ? `${a.owner}/${a.name}` : a.name;
+    if (pending && (pending === ref || pending === a.name)) { chosen.set(ref, "1"); pending = null; }
     const row = document.createElement("label");
-    row.className = "adapter"; row.dataset.name = a.name;
-    const check = Object.assign(document.createElement("input"), {type: "checkbox", checked: chosen.has(a.name)});
+    row.className = "adapter"; row.dataset.name = a.name; row.dataset.ref = ref;
+    const check = Object.assign(document.createElement("input"), {type: "checkbox", checked: chosen.has(ref)});
     const weight = Object.assign(document.createElement("input"), {type: "number", step: "0.05", min: "-4", max: "4",
-                                                                   value: chosen.get(a.name) || "1"});
-    weight.setAttribute("aria-label", `${a.name} weight`);
-    row.append(check, document.createTextNode(` ${a.name} `), weight, document.createTextNode(` rank ${a.rank}`));
+                                                                   value: chosen.get(ref) || "1"});
+    weight.setAttribute("aria-label", `${ref} weight`);
+    const version = a.version ? ` v${a.version}` : "";
+    row.append(check, document.createTextNode(` ${ref}${version} `), weight, document.createTextNode(` rank ${a.rank}`));
     box.append(row);
   }
 }
@@ -155,7 +159,7 @@ async function loadAdapterPicker() {
 function chosenAdapters() {
   return [...document.querySelectorAll("#adapter-picker .adapter")]
     .filter((r) => r.querySelector("input[type=checkbox]").checked)
-    .map((r) => `${r.dataset.name}:${r.querySelector("input[type=number]").value || 1}`).join(",");
+    .map((r) => `${r.dataset.ref}:${r.querySelector("input[type=number]").value || 1}`).join(",");
 }
 
 async function runEdit(ev) {
@@ -334,7 +338,8 @@ async function watchTraining(jobId, adapterName) {
       else if (ev.kind === "checkpoint") setStatus(status, `checkpoint at step ${ev.step}`);
       else if (ev.kind === "state" || ev.kind === "result") {
         const job = ev.job || {};
-        const name = job.adapter_name || adapterName;
+        // owner/name of what it published (adapter_ref is owner/name@vN): the picker's key for it
+        const name = job.adapter_ref ? job.adapter_ref.replace(/@v\d+$/, "") : (job.adapter_name || adapterName);
         const failed = ev.state === "FAILED" || ev.state === "CANCELLED";
         setStatus(status, ev.state.toLowerCase() + (job.reason ? `: ${job.reason}` : ""), failed);
         if (ev.state === "SUCCEEDED" && name) {
