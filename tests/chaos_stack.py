@@ -111,10 +111,12 @@ class Chaos:
 
     def _submitter(self, period: float) -> None:
         pending: list[str] = []
+        seeds: dict[str, int] = {}  # a retry sends the same request (another payload: ALREADY_EXISTS)
         while not self._stop.is_set():
             rid = pending.pop(0) if pending else uuid.uuid4().hex
+            seed = seeds.setdefault(rid, len(seeds))
             try:
-                job = self.stub.SubmitEdit(request(size=64, steps=30, request_id=rid, seed=len(self.acked)),
+                job = self.stub.SubmitEdit(request(size=64, steps=30, request_id=rid, seed=seed),
                                            timeout=self.edit_deadline_s)
                 code = "OK"
                 if rid in self.acked and self.acked[rid] != job.id:

@@ -59,11 +59,12 @@ class Submitter(threading.Thread):
 
     def run(self) -> None:
         pending: list[str] = []
+        seeds: dict[str, int] = {}  # a retry sends the same request (another payload: ALREADY_EXISTS)
         while not self.stop.is_set():
             rid = pending.pop(0) if pending else uuid.uuid4().hex
+            seed = seeds.setdefault(rid, len(seeds))
             try:
-                job = self.stub.SubmitEdit(request(size=64, steps=2, request_id=rid, seed=len(self.acked)),
-                                           timeout=20)
+                job = self.stub.SubmitEdit(request(size=64, steps=2, request_id=rid, seed=seed), timeout=20)
                 code = "OK"
                 if rid in self.acked and self.acked[rid] != job.id:
                     self.doubled.append(rid)  # a retried request made a second job
