@@ -61,6 +61,7 @@ class Fault:
     held: list[str] = field(default_factory=list)   # jobs RUNNING on the victim at the kill
     peer_up: bool = True                            # a denoiser: the other one was serving at the kill
     recovered_s: float | None = None                # until every one of them continued (or the stack served)
+    stepped_s: float | None = None                  # a trainer: until its job's next training step (or its end)
 
 
 class Chaos:
@@ -166,8 +167,9 @@ class Chaos:
         """RUNNING jobs whose fencing token starts with ``prefix``: job id -> token."""
         out = {}
         for job_id in [*self.acked.values(), *self.train_jobs]:
-            token = self.r.hget(self._key("job", job_id), "worker")
-            if token and token.decode().startswith(prefix):
+            token, state = self.r.hmget(self._key("job", job_id), "worker", "state")
+            # RUNNING only: a finished job still names its last worker, and would count as recovered at once
+            if token and state == b"RUNNING" and token.decode().startswith(prefix):
                 out[job_id] = token.decode()
         return out
 
@@ -204,10 +206,13 @@ class Chaos:
                 channel = make_channel(peer.address)
                 fault.peer_up = peer.proc.poll() is None and health_status(channel) == "SERVING"
                 channel.close()
+            last_event = {j: self._last_event_id(j) for j in held if target == "trainer"}
             fault.at = time.monotonic()
             svc.proc.kill()
             svc.proc.wait(30)
             fault.held = list(held)
+            if last_event:
+                threading.Thread(target=self._stepped_again, args=(fault, last_event), daemon=True).start()
             svc.spawn()  # at once, on the same port and worker id (a container restart)
             threading.Thread(target=self._recovered_jobs, args=(fault, held), daemon=True).start()
         self.faults.append(fault)
@@ -228,6 +233,25 @@ class Chaos:
             time.sleep(0.05)
         if not left:
             fault.recovered_s = time.monotonic() - fault.at if held else 0.0
+
+    def _last_event_id(self, job_id: str) -> str:
+        last = self.r.xrevrange(self._key("job", job_id, "events"), count=1)
+        return last[0][0].decode() if last else "0"
+
+    def _stepped_again(self, fault: Fault, last_event: dict[str, str]) -> None:
+        """A training job continued in fact: a training step (or its end) after the kill's last event."""
+        left = dict(last_event)
+        while left and time.monotonic() - fault.at < 600:
+            for job_id, after in list(left.items()):
+                try:
+                    new = self.r.xrange(self._key("job", job_id, "events"), f"({after}", "+")
+                except redis.RedisError:
+                    break
+                if any(f.get(b"kind") in (b"training", b"terminal") for _, f in new):
+                    del left[job_id]
+            time.sleep(0.05)
+        if not left:
+            fault.stepped_s = time.monotonic() - fault.at
 
     def _recovered_redis(self, fault: Fault) -> None:
         """Served again: a submission acknowledged after the kill."""
@@ -333,6 +357,7 @@ class Chaos:
                                        and not f.peer_up],
                "trainer, restarted": [f.recovered_s for f in costly if f.target == "trainer" and not f.peer_up],
                "trainer, peer up": [f.recovered_s for f in costly if f.target == "trainer" and f.peer_up],
+               "trainer, next step": [f.stepped_s for f in costly if f.target == "trainer"],
                "redis": [f.recovered_s for f in costly if f.target == "redis"]}
         rec = {k: [x for x in v if x is not None] for k, v in rec.items()}
         half = len(self.rss_kb) // 2

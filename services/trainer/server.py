@@ -49,11 +49,11 @@ def build_parser(parser=None):
     p.add_argument("--output-root", default="~/.cache/longcat/outputs", help="training outputs live inside")
     p.add_argument("--encoder", default="127.0.0.1:50061",
                    help="encoder service for jobs with embeddings_source=encoder_service")
-    p.add_argument("--lease-ttl-s", type=float, default=6.0,
+    p.add_argument("--lease-ttl-s", type=float, default=4.0,
                    help="a job whose worker is silent this long is dispatched again (resuming); renewed every "
                         "third of it")
     p.add_argument("--max-attempts", type=int, default=3, help="deliveries before a training job is FAILED")
-    p.add_argument("--reaper-period-s", type=float, default=2.0, help="how often dead workers' jobs are looked for")
+    p.add_argument("--reaper-period-s", type=float, default=1.0, help="how often dead workers' jobs are looked for")
     p.add_argument("--worker-id", default="",
                    help="this trainer's name, stable across restarts: a restarted trainer takes back the jobs its "
                         "previous run held at once, without waiting for their leases to expire ('' = POD_NAME, "
