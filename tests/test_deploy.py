@@ -311,10 +311,13 @@ def test_encoder_client_balances_round_robin(monkeypatch):
 
 def health_names(service: str) -> set[str]:
     """The names a service's GrpcServer registers with grpc.health.v1: "" and the SERVICE constants of its
-    servicer modules (services/<name>/servicer.py, or server.py; the gateway's edit/training/adapters)."""
-    modules = {"gateway": ("edit", "training", "adapters")}.get(service, ("servicer", "server"))
+    servicer modules (services/<name>/servicer.py, or server.py; the gateway's SERVICES, its three public ones)."""
     names = {""}
-    for module in modules:
+    if service == "gateway":
+        from services.gateway.aio_servicers import SERVICES
+
+        names |= set(SERVICES)
+    for module in ("servicer", "server"):
         try:
             names.add(importlib.import_module(f"services.{service}.{module}").SERVICE)
         except (ImportError, AttributeError):
