@@ -5,6 +5,7 @@ Used by the tests, the benchmarks and the local stack launcher."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,8 +16,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent  # services/ is importable from here
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port free now, for a service started next. Taken below the kernel's ephemeral range: a port from
+    ``bind(0)`` can become some outgoing connection's source port before the service binds it (seen in CI as
+    "Address already in use"), which a port outside that range cannot; never the same port twice per process."""
+    rng = random.SystemRandom()
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = rng.randrange(min(15000, low - 1000), low)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    with socket.socket() as s:  # no luck below the range: let the kernel choose
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
