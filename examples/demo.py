@@ -79,8 +79,8 @@ def main() -> None:
         sh("edit", "--image", "examples/sample.png", "--prompt", "invert the colors", "--width", "256",
            "--height", "192", "--steps", "8", "--seed", "42", "--adapter", "demo-invert",
            "--out", str(out / "edit-with-adapter.png"), env=env)
-        adapter = out / "stack" / "adapters" / "demo-invert"
-        shutil.copytree(adapter, out / "adapter")
+        # Through the gateway, as a user would (the store keeps it as _owners/<owner>/demo-invert/v1).
+        sh("adapters", "download", "demo-invert", "--out", str(out / "adapter"), env=env)
     finally:
         stack.send_signal(signal.SIGTERM)
         stack.wait(120)
