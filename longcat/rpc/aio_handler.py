@@ -18,12 +18,11 @@ from concurrent.futures import Executor
 
 import grpc
 
-from longcat.api.bounds import cap_message
-from longcat.errors import Cancelled, LongCatError
+from longcat.errors import Cancelled
 from longcat.logs import job_id, request_id, tenant
 from longcat.rpc import metrics
 from longcat.rpc.errors import status_for
-from longcat.rpc.handler import _request_id
+from longcat.rpc.handler import _request_id, abort_details, gone_code, record_outcome
 from longcat.tracing import RpcScope
 
 log = logging.getLogger("longcat.rpc")
@@ -43,40 +42,25 @@ async def in_pool(pool: Executor | None, fn, *args):
                 var.set(learnt)
 
 
-def _gone_code(context) -> grpc.StatusCode:
-    remaining = context.time_remaining()
-    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else \
-        grpc.StatusCode.CANCELLED
+def _code(context, exc: BaseException | None) -> grpc.StatusCode | None:
+    if exc is None:
+        return None
+    # The client went away or its deadline passed (the call's task was cancelled): nothing to send.
+    return gone_code(context) if isinstance(exc, (asyncio.CancelledError, Cancelled)) else status_for(exc)
 
 
 def _finish(service: str, method: str, start: float, context, exc: BaseException | None) -> None:
-    metrics.LATENCY.labels(service, method).observe(time.perf_counter() - start)
-    metrics.IN_FLIGHT.labels(service).dec()
-    if exc is None:
-        log.info("rpc ok", extra={"service": service, "method": method,
-                                  "duration_s": round(time.perf_counter() - start, 4)})
-        return
-    # The client went away or its deadline passed (the call's task was cancelled): nothing to send.
-    code = _gone_code(context) if isinstance(exc, (asyncio.CancelledError, Cancelled)) else status_for(exc)
-    metrics.ERRORS.labels(service, method, code.name).inc()
-    level = logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.INFO
-    log.log(level, "rpc failed", exc_info=code == grpc.StatusCode.INTERNAL and not isinstance(exc, asyncio.CancelledError),
-            extra={"service": service, "method": method, "code": code.name, "error": str(exc)})
+    record_outcome(service, method, start, _code(context, exc), exc,
+                   traceback=not isinstance(exc, asyncio.CancelledError))
 
 
 def _code_name(context, exc: BaseException | None) -> str:
-    if exc is None:
-        return ""
-    return (_gone_code(context) if isinstance(exc, (asyncio.CancelledError, Cancelled)) else status_for(exc)).name
+    code = _code(context, exc)
+    return code.name if code is not None else ""
 
 
 async def _abort(context, exc: BaseException):
-    code = status_for(exc)
-    trailers = getattr(exc, "trailers", None)
-    if trailers:  # e.g. a retry hint with RESOURCE_EXHAUSTED
-        context.set_trailing_metadata(tuple((k, str(v)) for k, v in trailers.items()))
-    message = cap_message(str(exc)) if isinstance(exc, LongCatError) else f"internal error: {type(exc).__name__}"
-    await context.abort(code, message)
+    await context.abort(*abort_details(context, exc))
 
 
 def aio_rpc_method(service: str):

@@ -32,31 +32,46 @@ def _request_id(context: grpc.ServicerContext) -> str:
     return uuid.uuid4().hex[:16]
 
 
-def _finish(service: str, method: str, start: float, context, exc: BaseException | None) -> None:
+def gone_code(context) -> grpc.StatusCode:
+    """Why a call that lost its client ended: its deadline passed, or it was cancelled."""
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else \
+        grpc.StatusCode.CANCELLED
+
+
+def record_outcome(service: str, method: str, start: float, code: grpc.StatusCode | None,
+                   exc: BaseException | None, traceback: bool = True) -> None:
+    """Metrics and the call's closing log line (both doors): ``code`` None = it succeeded."""
     metrics.LATENCY.labels(service, method).observe(time.perf_counter() - start)
     metrics.IN_FLIGHT.labels(service).dec()
-    if exc is None:
+    if code is None:
         log.info("rpc ok", extra={"service": service, "method": method,
                                   "duration_s": round(time.perf_counter() - start, 4)})
         return
-    code = status_for(exc)
-    if isinstance(exc, Cancelled) and not context.is_active():
-        # The client went away or its deadline passed: nothing to send, but record why.
-        code = grpc.StatusCode.DEADLINE_EXCEEDED if context.time_remaining() is not None and \
-            context.time_remaining() <= 0 else grpc.StatusCode.CANCELLED
     metrics.ERRORS.labels(service, method, code.name).inc()
     level = logging.ERROR if code == grpc.StatusCode.INTERNAL else logging.INFO
-    log.log(level, "rpc failed", exc_info=code == grpc.StatusCode.INTERNAL,
+    log.log(level, "rpc failed", exc_info=traceback and code == grpc.StatusCode.INTERNAL,
             extra={"service": service, "method": method, "code": code.name, "error": str(exc)})
 
 
-def _abort(context, exc: BaseException):
-    code = status_for(exc)
+def _finish(service: str, method: str, start: float, context, exc: BaseException | None) -> None:
+    code = None if exc is None else status_for(exc)
+    if isinstance(exc, Cancelled) and not context.is_active():
+        code = gone_code(context)  # the client went away or its deadline passed: nothing to send, but say why
+    record_outcome(service, method, start, code, exc)
+
+
+def abort_details(context, exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message an error answers (its trailers, e.g. a retry hint, set on ``context``)."""
     trailers = getattr(exc, "trailers", None)
     if trailers:  # e.g. a retry hint with RESOURCE_EXHAUSTED
         context.set_trailing_metadata(tuple((k, str(v)) for k, v in trailers.items()))
     message = cap_message(str(exc)) if isinstance(exc, LongCatError) else f"internal error: {type(exc).__name__}"
-    context.abort(code, message)
+    return status_for(exc), message
+
+
+def _abort(context, exc: BaseException):
+    context.abort(*abort_details(context, exc))
 
 
 def rpc_method(service: str):
