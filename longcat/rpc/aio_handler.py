@@ -13,17 +13,14 @@ import contextvars
 import functools
 import inspect
 import logging
-import time
 from concurrent.futures import Executor
 
 import grpc
 
 from longcat.errors import Cancelled
-from longcat.logs import job_id, request_id, tenant
-from longcat.rpc import metrics
+from longcat.logs import job_id, tenant
 from longcat.rpc.errors import status_for
-from longcat.rpc.handler import _request_id, abort_details, gone_code, record_outcome
-from longcat.tracing import RpcScope
+from longcat.rpc.handler import abort_details, begin_call, end_call, gone_code, record_outcome
 
 log = logging.getLogger("longcat.rpc")
 
@@ -72,11 +69,8 @@ def aio_rpc_method(service: str):
         if inspect.isasyncgenfunction(fn):
             @functools.wraps(fn)
             async def stream(self, req, context):
-                token = request_id.set(_request_id(context))
-                scope = RpcScope(service, method, context.invocation_metadata())  # job/tenant log fields, span
-                metrics.REQUESTS.labels(service, method).inc()
-                metrics.IN_FLIGHT.labels(service).inc()
-                start, failure = time.perf_counter(), None
+                token, scope, start = begin_call(service, method, context)
+                failure = None
                 try:
                     async for item in fn(self, req, context):
                         yield item
@@ -88,17 +82,13 @@ def aio_rpc_method(service: str):
                     await _abort(context, exc)
                 finally:
                     _finish(service, method, start, context, failure)
-                    scope.close(failure, _code_name(context, failure))
-                    request_id.reset(token)
+                    end_call(token, scope, failure, _code_name(context, failure))
             return stream
 
         @functools.wraps(fn)
         async def unary(self, req, context):
-            token = request_id.set(_request_id(context))
-            scope = RpcScope(service, method, context.invocation_metadata())  # job/tenant log fields, span
-            metrics.REQUESTS.labels(service, method).inc()
-            metrics.IN_FLIGHT.labels(service).inc()
-            start, failure = time.perf_counter(), None
+            token, scope, start = begin_call(service, method, context)
+            failure = None
             try:
                 return await fn(self, req, context)
             except asyncio.CancelledError as exc:
@@ -109,8 +99,7 @@ def aio_rpc_method(service: str):
                 await _abort(context, exc)
             finally:
                 _finish(service, method, start, context, failure)
-                scope.close(failure, _code_name(context, failure))
-                request_id.reset(token)
+                end_call(token, scope, failure, _code_name(context, failure))
         return unary
 
     return wrap

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from longcat.rpc import wire
-from longcat.rpc.server import PortInUse
+from longcat.rpc.server import listen, server_options
 
 log = logging.getLogger("longcat.rpc.server")
 
@@ -23,24 +23,14 @@ log = logging.getLogger("longcat.rpc.server")
 class AioGrpcServer:
     def __init__(self, service_names: list[str], host: str = "0.0.0.0", port: int = 0,
                  max_message_mb: int = 256, max_connection_age_s: float = 0, interceptors: tuple = ()):
-        limit = max_message_mb * 1024 * 1024
-        options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
-                   ("grpc.so_reuseport", 0)]
-        if max_connection_age_s:
-            options += [("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
-                        ("grpc.max_connection_age_grace_ms", 60_000)]
-        self.server = grpc.aio.server(options=options, interceptors=tuple(interceptors))
+        self.server = grpc.aio.server(options=server_options(max_message_mb, max_connection_age_s),
+                                      interceptors=tuple(interceptors))
         self.service_names = list(service_names)
         self.health = health_aio.HealthServicer()
         wire.register(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.server)  # junk: INVALID_ARGUMENT
         reflection.enable_server_reflection(
             self.service_names + [health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
-        try:
-            self.port = self.server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError as exc:
-            raise PortInUse(f"cannot listen on {host}:{port}: the port is taken or the address is wrong") from exc
-        if self.port == 0:
-            raise PortInUse(f"cannot listen on {host}:{port}: the port is taken or the address is wrong")
+        self.port = listen(self.server, host, port)
         self.host = host
         self.stopping = asyncio.Event()
         self._stopped = asyncio.Event()

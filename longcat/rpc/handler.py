@@ -74,6 +74,20 @@ def _abort(context, exc: BaseException):
     context.abort(*abort_details(context, exc))
 
 
+def begin_call(service: str, method: str, context):
+    """A call's start (both doors): its request id, log scope and span, metrics. -> (token, scope, start)."""
+    token = request_id.set(_request_id(context))
+    scope = RpcScope(service, method, context.invocation_metadata())  # job/tenant log fields, span
+    metrics.REQUESTS.labels(service, method).inc()
+    metrics.IN_FLIGHT.labels(service).inc()
+    return token, scope, time.perf_counter()
+
+
+def end_call(token, scope, failure: BaseException | None, code_name: str) -> None:
+    scope.close(failure, code_name)
+    request_id.reset(token)
+
+
 def rpc_method(service: str):
     """Decorate a servicer method (unary or server-streaming generator) of ``service``."""
 
@@ -83,11 +97,8 @@ def rpc_method(service: str):
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
             def stream(self, req, context):
-                token = request_id.set(_request_id(context))
-                scope = RpcScope(service, method, context.invocation_metadata())  # job/tenant log fields, span
-                metrics.REQUESTS.labels(service, method).inc()
-                metrics.IN_FLIGHT.labels(service).inc()
-                start, failure = time.perf_counter(), None
+                token, scope, start = begin_call(service, method, context)
+                failure = None
                 try:
                     yield from fn(self, req, context)
                 except GeneratorExit:
@@ -99,17 +110,13 @@ def rpc_method(service: str):
                         _abort(context, exc)
                 finally:
                     _finish(service, method, start, context, failure)
-                    scope.close(failure, status_for(failure).name if failure else "")
-                    request_id.reset(token)
+                    end_call(token, scope, failure, status_for(failure).name if failure else "")
             return stream
 
         @functools.wraps(fn)
         def unary(self, req, context):
-            token = request_id.set(_request_id(context))
-            scope = RpcScope(service, method, context.invocation_metadata())  # job/tenant log fields, span
-            metrics.REQUESTS.labels(service, method).inc()
-            metrics.IN_FLIGHT.labels(service).inc()
-            start, failure = time.perf_counter(), None
+            token, scope, start = begin_call(service, method, context)
+            failure = None
             try:
                 return fn(self, req, context)
             except Exception as exc:  # noqa: BLE001
@@ -117,8 +124,7 @@ def rpc_method(service: str):
                 _abort(context, exc)
             finally:
                 _finish(service, method, start, context, failure)
-                scope.close(failure, status_for(failure).name if failure else "")
-                request_id.reset(token)
+                end_call(token, scope, failure, status_for(failure).name if failure else "")
         return unary
 
     return wrap

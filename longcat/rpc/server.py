@@ -21,30 +21,42 @@ class PortInUse(RuntimeError):
     pass
 
 
+def server_options(max_message_mb: int, max_connection_age_s: float = 0) -> list[tuple]:
+    """Explicit message-size limits (both server kinds); with a connection age, clients reconnect now and then
+    and so re-resolve the name: new replicas get their share."""
+    limit = max_message_mb * 1024 * 1024
+    options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
+               ("grpc.so_reuseport", 0)]
+    if max_connection_age_s:
+        options += [("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
+                    ("grpc.max_connection_age_grace_ms", 60_000)]
+    return options
+
+
+def listen(server, host: str, port: int) -> int:
+    """Bind ``host:port`` (0: any free port) -> the port, or :class:`PortInUse`."""
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:
+        raise PortInUse(f"cannot listen on {host}:{port}: the port is taken or the address is wrong") from exc
+    if bound == 0:
+        raise PortInUse(f"cannot listen on {host}:{port}: the port is taken or the address is wrong")
+    return bound
+
+
 class GrpcServer:
     def __init__(self, service_names: list[str], host: str = "0.0.0.0", port: int = 0,
                  max_message_mb: int = 256, threads: int = 8, max_connection_age_s: float = 0,
                  interceptors: tuple = ()):
-        limit = max_message_mb * 1024 * 1024
-        options = [("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit),
-                   ("grpc.so_reuseport", 0)]
-        if max_connection_age_s:
-            # Clients reconnect now and then, and so re-resolve the name: new replicas get their share.
-            options += [("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
-                        ("grpc.max_connection_age_grace_ms", 60_000)]
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=options,
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=threads),
+                                  options=server_options(max_message_mb, max_connection_age_s),
                                   interceptors=tuple(interceptors))
         self.service_names = list(service_names)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         wire.register(health_pb2_grpc.add_HealthServicer_to_server, self.health, self.server)  # junk: INVALID_ARGUMENT
         reflection.enable_server_reflection(
             self.service_names + [health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
-        try:
-            self.port = self.server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError as exc:
-            raise PortInUse(f"cannot listen on {host}:{port}: the port is taken or the address is wrong") from exc
-        if self.port == 0:
-            raise PortInUse(f"cannot listen on {host}:{port}: the port is taken or the address is wrong")
+        self.port = listen(self.server, host, port)
         self.host = host
         self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         self._stopped = threading.Event()
