@@ -11,12 +11,14 @@ row its own adapters). Alternating repeats; the best of each; the ratio. Decodin
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the services run (services/__init__.py)
 
 import torch  # noqa: E402
 

@@ -84,6 +84,7 @@ SPECS = [  # seed, steps, guidance, adapters, joins before the scheduler's step 
     (3, 5, 2.5, [("ink", 0.5), ("sun", 1.0)], 1),
     (4, 2, 3.0, [("sun", 0.7)], 2),
     (5, 3, 1.0, [("sun", -0.4)], 2),
+    (6, 3, 4.5, [("ink", 1.0)], 1),  # the first job's adapters: the two share one slice in each LoRA layer
 ]
 
 
@@ -159,6 +160,63 @@ def test_priority_preempts_and_low_resumes(setup):
     assert order == [[HIGH]] * 3 + [[NORMAL]] * 2 + [[LOW]] * 3  # LOW paused with its latents, then resumed
     ref, _ = alone(loop, manager, low.job, [])
     assert (low.latents - ref).abs().max().item() <= 1e-5 and high.index == 3 and normal.index == 2
+
+
+def test_rows_apart_and_rows_side_by_side_get_the_same_adapter_numbers(setup):
+    """The per-row hook gathers a group's rows when they are apart and slices them (in place) when side by
+    side, as the scheduler orders them: the same numbers either way, row by row."""
+    from longcat.adapters.mixed import per_row_adapters
+    from longcat.conditioning import image_position_ids, predict_velocity, text_position_ids
+    from longcat.engine.batch_invariance import batch_invariant
+
+    loop, manager = setup
+    jobs = [make_job(loop, 60 + i, 1, 1.0) for i in range(3)]
+    noisy = [torch.randn(1, j.geometry.image_seq_len, 64, generator=torch.Generator().manual_seed(i))
+             for i, j in enumerate(jobs)]
+    g = jobs[0].geometry
+    rows = manager.hold([("ink", 0.8)])
+    try:
+        def forward(order, adapters):
+            with manager.batch_lock(), per_row_adapters(loop.transformer, adapters), \
+                    batch_invariant(loop.transformer), torch.no_grad():
+                return predict_velocity(loop.transformer, torch.cat([noisy[i] for i in order]),
+                                        torch.cat([jobs[i].reference_latents for i in order]),
+                                        torch.cat([jobs[i].prompt_embeds for i in order]),
+                                        text_position_ids(TEXT_LEN, "cpu"), image_position_ids(g, TEXT_LEN, "cpu"),
+                                        torch.full((len(order),), 0.5))
+
+        apart = forward([0, 1, 2], [rows, [], rows])   # rows 0 and 2: an index
+        side = forward([0, 2, 1], [rows, rows, []])    # rows 0 and 1: a slice
+        base = forward([0, 1, 2], [[], [], []])
+    finally:
+        manager.release([("ink", 0.8)])
+    assert torch.equal(apart[0], side[0]) and torch.equal(apart[2], side[1]) and torch.equal(apart[1], side[2])
+    assert torch.equal(apart[1], base[1]) and not torch.equal(apart[0], base[0])  # only its rows changed
+
+
+def test_tenants_sharing_a_step_bring_their_oldest_job_then_more_within_the_shared_bound(setup):
+    loop, manager = setup
+    tokens = StepJob(make_job(loop, 30, 2, 1.0)).tokens()
+    bounds = SchedulerBounds(max_inflight=8, max_batch_tokens=1 << 20, shared_batch_tokens=3 * tokens)
+    sched = StepScheduler(loop, manager, bounds)
+    flood = [sched.admit(StepJob(make_job(loop, 31 + i, 2, 1.0), tenant="flood")) for i in range(4)]
+    assert sched.pick() == flood  # alone, a tenant fills the batch up to max_batch_tokens
+    other = sched.admit(StepJob(make_job(loop, 40, 2, 1.0), tenant="other"))
+    assert sched.pick() == [flood[0], other, flood[1]]  # each one's oldest, then one more within 3 jobs' tokens
+    sched.step()
+    sched.run_all()
+    assert all(sj.index == 2 for sj in flood + [other])
+
+
+def test_bounds_per_device_and_an_operators_values():
+    cpu = SchedulerBounds.for_device("cpu")
+    assert cpu.max_inflight - cpu.reserved == 8  # one tenant's 8 concurrent 256x256 edits share each step...
+    assert cpu.max_batch_tokens >= 8 * 2 * (2 * Geometry(256, 256).image_seq_len + 593)  # ...all in one forward
+    assert cpu.overridden() == cpu
+    assert cpu.overridden(max_inflight=1).reserved == 0  # one at a time: nothing to keep
+    assert cpu.overridden(max_inflight=4).reserved == 1 and cpu.overridden(max_inflight=40).reserved == cpu.reserved
+    assert cpu.overridden(reserved=0, shared_batch_tokens=99) == SchedulerBounds(
+        cpu.max_inflight, cpu.max_batch_tokens, 0, 99)
 
 
 def test_tenants_round_robin_within_the_token_bound(setup):

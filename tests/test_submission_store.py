@@ -109,3 +109,22 @@ def test_a_slot_whose_job_vanished_is_reclaimed(store):
     job = _full(store)
     store.r.delete(store.k.job(job))  # a restored or flushed Redis: the set names a job that is gone
     assert _submit(store, max_active=1)[1]
+
+
+def test_a_batched_steps_progress_is_one_round_trip_fenced_per_job_with_each_cancel_flag(store):
+    """progress_many (the step scheduler's per-step write): each job's event lands only under its own claim,
+    and each answer carries that job's cancel flag."""
+    mine, _, _ = _submit(store)
+    other, _, _ = _submit(store)
+    cancelled, _, _ = _submit(store)
+    for job, token in ((mine, "t-mine"), (other, "t-other"), (cancelled, "t-cancel")):
+        assert store.claim(job, token, 3)[0] == "RUNNING"
+    store.cancel(cancelled)  # a running job: its cancel is asked for, the worker stops at the next step
+    before = {j: len(store.events(j)) for j in (mine, other, cancelled)}
+    event = {"kind": "progress", "state": "RUNNING", "step": 1, "total": 4}
+    answers = store.progress_many([(mine, "t-mine", event), (other, "not-its-token", event),
+                                   (cancelled, "t-cancel", event)])
+    assert answers == [(True, False), (False, False), (True, True)]
+    after = {j: len(store.events(j)) for j in (mine, other, cancelled)}
+    assert after == {mine: before[mine] + 1, other: before[other], cancelled: before[cancelled] + 1}
+    assert store.progress_many([]) == []

@@ -25,7 +25,7 @@ def _scaling(layer, name: str, scale: float) -> float:
     return scale * layer.lora_alpha[name] / layer.r[name]
 
 
-def _hook(groups: list[tuple[torch.Tensor, RowAdapters]]):
+def _hook(groups: list[tuple[slice | torch.Tensor, RowAdapters]]):
     def add_lora(layer, args, output):
         x = args[0]
         out = output
@@ -38,16 +38,22 @@ def _hook(groups: list[tuple[torch.Tensor, RowAdapters]]):
                 a = layer.lora_A[name]
                 xs = xs.to(a.weight.dtype)
                 res = res + layer.lora_B[name](a(layer.lora_dropout[name](xs))) * _scaling(layer, name, scale)
-            if out is output:
-                out = output.clone()
-            out[rows] = res.to(output.dtype)
+            if out is output and not isinstance(rows, slice):
+                out = output.clone()  # rows gathered from all over: write into a copy
+            out[rows] = res.to(output.dtype)  # a slice: in place (no grad here; the output is this layer's own)
         return out
     return add_lora
 
 
+def _rows(idx: list[int]) -> slice | torch.Tensor:
+    """A contiguous run of rows as a slice (a view, no gather), otherwise an index tensor."""
+    return slice(idx[0], idx[-1] + 1) if idx == list(range(idx[0], idx[-1] + 1)) else torch.tensor(idx)
+
+
 @contextmanager
 def per_row_adapters(transformer: torch.nn.Module, rows: Sequence[RowAdapters]) -> Iterator[None]:
-    """While the body runs, batch row ``i`` of every forward gets ``rows[i]``'s adapters (peft names).
+    """While the body runs, batch row ``i`` of every forward gets ``rows[i]``'s adapters (peft names). Rows
+    with the same adapters side by side are cheaper (a slice of the batch, added in place).
 
     The caller disables the layers' own LoRA first (``AdapterManager.batch_lock`` does)."""
     by_set: dict[tuple, list[int]] = {}
@@ -59,7 +65,7 @@ def per_row_adapters(transformer: torch.nn.Module, rows: Sequence[RowAdapters]) 
         return
     from peft.tuners.lora import LoraLayer
 
-    groups = [(torch.tensor(idx), refs) for refs, idx in by_set.items()]
+    groups = [(_rows(idx), refs) for refs, idx in by_set.items()]
     hook = _hook(groups)
     handles = [m.register_forward_hook(hook) for m in transformer.modules() if isinstance(m, LoraLayer)]
     try:

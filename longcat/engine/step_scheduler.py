@@ -43,21 +43,46 @@ LOW, NORMAL, HIGH = 0, 1, 2
 
 @dataclass(frozen=True)
 class SchedulerBounds:
-    """How much a worker holds: jobs in flight, and tokens (rows x sequence) in one forward."""
+    """How much a worker holds: jobs in flight, and tokens (rows x sequence) in one forward.
+
+    ``reserved`` of the ``max_inflight`` slots are kept for a HIGH job or a tenant with nothing in flight, so
+    neither waits for a flooding tenant's jobs to end (the worker's admission applies it).
+
+    ``shared_batch_tokens``: when several tenants have jobs at the served priority, a batch takes the oldest
+    job of each, then more only within this many tokens. Where a step's cost grows with its rows (CPU), a
+    flooding tenant's extra rows would slow every other tenant's steps; where a bigger batch costs little
+    more (GPU) it is the whole ``max_batch_tokens``."""
 
     max_inflight: int = 8
     max_batch_tokens: int = 16384
+    reserved: int = 2
+    shared_batch_tokens: int = 16384
 
     @classmethod
     def for_device(cls, device: torch.device | str) -> "SchedulerBounds":
         device = torch.device(device)
         if device.type != "cuda":
-            # CPU: a forward over a few 256x256 jobs; more only stretches every job's latency.
-            return cls(max_inflight=8, max_batch_tokens=8192)
+            # CPU: one forward holds 8 jobs of 256x256 with CFG (2 rows x (2 x 256 latent + 593 text tokens)
+            # each); two slots beyond them are kept for a HIGH job or another tenant. The step's cost grows
+            # with its rows, so tenants sharing a step bring one job each (about two jobs' tokens).
+            return cls(max_inflight=10, max_batch_tokens=18432, reserved=2, shared_batch_tokens=4096)
         gib = torch.cuda.get_device_properties(device).total_memory / 2**30
         # Activations grow with batch tokens; ~1k tokens per GiB above the bf16 weights (~13 GiB) is roomy.
         tokens = int(max(4096, min(65536, (gib - 16) * 1024)))
-        return cls(max_inflight=16 if gib >= 40 else 8, max_batch_tokens=tokens)
+        inflight = 16 if gib >= 40 else 8
+        return cls(max_inflight=inflight, max_batch_tokens=tokens, reserved=inflight // 4,
+                   shared_batch_tokens=tokens)
+
+    def overridden(self, max_inflight: int = 0, max_batch_tokens: int = 0, reserved: int = -1,
+                   shared_batch_tokens: int = 0) -> "SchedulerBounds":
+        """These bounds with an operator's values (0 / -1: keep). A changed ``max_inflight`` keeps a quarter of
+        its slots reserved (at least one, none for a single slot), never more than these bounds reserve."""
+        inflight = max_inflight or self.max_inflight
+        if reserved < 0:
+            reserved = self.reserved if inflight == self.max_inflight else (
+                min(self.reserved, max(1, inflight // 4)) if inflight > 1 else 0)
+        return SchedulerBounds(max_inflight=inflight, max_batch_tokens=max_batch_tokens or self.max_batch_tokens,
+                               reserved=reserved, shared_batch_tokens=shared_batch_tokens or self.shared_batch_tokens)
 
 
 @dataclass(eq=False)
@@ -115,6 +140,7 @@ class StepScheduler:
         self.active: list[StepJob] = []
         self._served: OrderedDict[str, None] = OrderedDict()  # tenants, least recently served first
         self._order = itertools.count()
+        self._ids: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # layout -> (text ids, image ids)
 
     # --- admission -----------------------------------------------------------------------------------------
 
@@ -134,13 +160,14 @@ class StepScheduler:
                 raise AdapterNotFound("this denoiser has no adapter store", "adapters[0].name")
             sj._rows = self.adapters.hold(list(sj.adapters))
         job, loop = sj.job, self.loop
+        sj._device = device = loop.device  # read once: a diffusers model's .device walks its parameters
         sj._scheduler = copy.deepcopy(loop.scheduler)  # stateful: one per job, as DenoiseLoop does
-        sj._timesteps = set_inference_timesteps(sj._scheduler, job.steps, job.geometry.image_seq_len, loop.device)
+        sj._timesteps = set_inference_timesteps(sj._scheduler, job.steps, job.geometry.image_seq_len, device)
         dtype = job.prompt_embeds.dtype
         sj.latents = loop.initial_noise(job.geometry, job.seed, dtype)
-        sj._reference = job.reference_latents.to(loop.device, dtype)
-        sj._embeds = job.prompt_embeds.to(loop.device) if not sj.cfg else torch.cat(
-            [job.prompt_embeds.to(loop.device), job.negative_embeds.to(loop.device)])
+        sj._reference = job.reference_latents.to(device, dtype)
+        sj._embeds = job.prompt_embeds.to(device) if not sj.cfg else torch.cat(
+            [job.prompt_embeds.to(device), job.negative_embeds.to(device)])
         sj._start = time.perf_counter()
         sj._seq = next(self._order)
         sj.index = 0
@@ -150,7 +177,8 @@ class StepScheduler:
     # --- one step --------------------------------------------------------------------------------------------
 
     def pick(self) -> list[StepJob]:
-        """The next batch: top priority, tenants round-robin, the first job's layout, within the token bound."""
+        """The next batch: top priority, tenants round-robin, the first job's layout, within the token bounds
+        (``max_batch_tokens``; with several tenants, beyond each one's oldest job, ``shared_batch_tokens``)."""
         if not self.active:
             return []
         top = max(sj.priority for sj in self.active)
@@ -164,10 +192,13 @@ class StepScheduler:
         first = ordered[0]
         if not first.batchable:
             return [first]
+        oldest = {id(group[0]) for group in per_tenant.values()} if len(per_tenant) > 1 else None
         batch, tokens = [], 0
         for sj in ordered:
-            if sj.batchable and sj.layout() == first.layout() and (
-                    not batch or tokens + sj.tokens() <= self.bounds.max_batch_tokens):
+            bound = self.bounds.max_batch_tokens
+            if oldest is not None and id(sj) not in oldest:
+                bound = min(bound, self.bounds.shared_batch_tokens)
+            if sj.batchable and sj.layout() == first.layout() and (not batch or tokens + sj.tokens() <= bound):
                 batch.append(sj)
                 tokens += sj.tokens()
         return batch
@@ -216,13 +247,21 @@ class StepScheduler:
             sj._rows = []
 
     def _forward(self, batch: list[StepJob]) -> None:
-        loop, device = self.loop, self.loop.device
-        first = batch[0]
-        dtype = first.job.prompt_embeds.dtype
+        loop, first = self.loop, batch[0]
+        device, dtype = first._device, first.job.prompt_embeds.dtype
         text_len = first.job.prompt_embeds.shape[1]
-        text_ids = text_position_ids(text_len, device)
-        image_ids = image_position_ids(first.job.geometry, text_len, device)
+        key = (*first.layout(), device)
+        if key not in self._ids:  # the same for every step of every job of this layout
+            if len(self._ids) >= 64:
+                self._ids.clear()
+            self._ids[key] = (text_position_ids(text_len, device),
+                              image_position_ids(first.job.geometry, text_len, device))
+        text_ids, image_ids = self._ids[key]
         latents, reference, embeds, sigmas, row_adapters = [], [], [], [], []
+        # Jobs with the same adapters side by side: each adapter group is one slice of the batch in every LoRA
+        # layer. A row's result does not depend on its position (batch-invariant), only the hook's cost does.
+        groups: dict[tuple, int] = {}
+        batch = sorted(batch, key=lambda sj: groups.setdefault(tuple(sj.adapters), len(groups)))
         for sj in batch:
             rows = 2 if sj.cfg else 1
             t = sj._timesteps[sj.index]

@@ -276,11 +276,28 @@ class JobStore:
 
     def progress(self, job_id: str, token: str, event: dict) -> bool:
         """Append an event if the job is still this worker's; False means stop (taken over or finished)."""
+        return bool(self._progress(keys=[self.k.job(job_id), self.k.events(job_id)],
+                                   args=self._progress_args(token, event)))
+
+    def _progress_args(self, token: str, event: dict) -> list:
         argv = [token, time.time()]
         event = payloads.offload_large(self.blobs, event, self.result_ttl_s)  # large images: references
         for k, v in {"time": time.time(), **event}.items():
             argv += [k, v]
-        return bool(self._progress(keys=[self.k.job(job_id), self.k.events(job_id)], args=argv))
+        return argv
+
+    def progress_many(self, items: list[tuple[str, str, dict]]) -> list[tuple[bool, bool]]:
+        """:meth:`progress` for several jobs (a batched step's), and whether each was asked to cancel, in one
+        round trip: [(still this worker's, cancel requested)] in the order of ``items`` (job id, token, event)."""
+        if not items:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for job_id, token, event in items:
+            self._progress(keys=[self.k.job(job_id), self.k.events(job_id)], args=self._progress_args(token, event),
+                           client=pipe)
+            pipe.hget(self.k.job(job_id), "cancel_requested")
+        out = pipe.execute()
+        return [(bool(out[i]), out[i + 1] == b"1") for i in range(0, len(out), 2)]
 
     def add_event(self, job_id: str, event: dict) -> str:
         event = payloads.offload_large(self.blobs, event, self.result_ttl_s)

@@ -64,9 +64,15 @@ def build_parser(parser=None):
     p.add_argument("--encoder-timeout-s", type=float, default=60.0,
                    help="how long a job waits for the encoder (also while it restarts) before the attempt fails")
     p.add_argument("--max-inflight", type=int, default=0,
-                   help="edit jobs denoised at once by the step scheduler (0 = the device's default: 8 on CPU)")
+                   help="edit jobs denoised at once by the step scheduler (0 = the device's default: 10 on CPU)")
     p.add_argument("--max-batch-tokens", type=int, default=0,
                    help="tokens (rows x sequence) in one batched forward (0 = the device's default)")
+    p.add_argument("--reserved-slots", type=int, default=-1,
+                   help="in-flight slots kept for HIGH jobs and tenants with nothing in flight "
+                        "(-1 = the device's default: 2 on CPU, a quarter on GPU)")
+    p.add_argument("--shared-batch-tokens", type=int, default=0,
+                   help="when tenants share a step: tokens beyond each tenant's oldest job (0 = the device's "
+                        "default: about two 256x256 jobs on CPU, --max-batch-tokens on GPU)")
     p.add_argument("--lookahead", type=int, default=0,
                    help="queue entries held waiting, to choose by priority and tenant (0 = 2 x max-inflight)")
     p.add_argument("--result-ttl-s", type=int, default=3600, help="how long finished jobs and results are kept")
@@ -97,6 +103,8 @@ class DenoiserSettings(ModelServerSettings):
     result_ttl_s: int
     max_inflight: int
     max_batch_tokens: int
+    reserved_slots: int
+    shared_batch_tokens: int
     lookahead: int
     blob_dir: str
 
@@ -204,9 +212,8 @@ def start_worker(args: DenoiserSettings, backend: DenoiserBackend):
 
     store = JobStore(connect(args.redis_url), Keys(args.namespace), result_ttl_s=args.result_ttl_s,
                      blobs=open_blob_store(args.blob_dir))
-    default = SchedulerBounds.for_device(backend.loop.device)
-    bounds = SchedulerBounds(max_inflight=args.max_inflight or default.max_inflight,
-                             max_batch_tokens=args.max_batch_tokens or default.max_batch_tokens)
+    bounds = SchedulerBounds.for_device(backend.loop.device).overridden(
+        args.max_inflight, args.max_batch_tokens, args.reserved_slots, args.shared_batch_tokens)
     worker = EditWorker(store, backend, EncoderClient(args.encoder), heartbeat_timeout_s=args.heartbeat_timeout_s,
                         max_attempts=args.max_attempts, encoder_timeout_s=args.encoder_timeout_s, bounds=bounds,
                         lookahead=args.lookahead, name=worker_id(args))

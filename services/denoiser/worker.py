@@ -12,6 +12,7 @@ FAILED with its last error (dead letter), never looped forever.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -117,6 +118,7 @@ class EditWorker:
         self._held_lock = threading.Lock()
         self._seq = 0
         self._served: dict[str, float] = {}  # tenant -> last admission (round-robin within a priority)
+        self._progress: list[tuple[StepJob, dict]] = []  # this step's events, not yet written
         self.stopping = threading.Event()
         self.idle = threading.Event()
         self.idle.set()
@@ -127,8 +129,7 @@ class EditWorker:
         backoff = 0.2
         next_reclaim = 0.0
         resume_own = True  # at start, and again after Redis came back: our own pending entries first
-        log.info("worker started", extra={"consumer": self.consumer, "max_inflight": self.scheduler.bounds.max_inflight,
-                                          "max_batch_tokens": self.scheduler.bounds.max_batch_tokens})
+        log.info("worker started", extra={"consumer": self.consumer, **dataclasses.asdict(self.scheduler.bounds)})
         done = threading.Event()
         heart = threading.Thread(target=self._heartbeat, args=(done,), name="edit-heartbeat", daemon=True)
         heart.start()
@@ -136,8 +137,8 @@ class EditWorker:
             while not self.stopping.is_set() or self.scheduler.active:
                 try:
                     if not self.stopping.is_set():
-                        self.store.ensure_group()
-                        if resume_own:
+                        if resume_own:  # at start and after an outage (each read also recreates a lost group)
+                            self.store.ensure_group()
                             self._take(self.store.read_own_pending(self.consumer, self.lookahead), resumed=True)
                             resume_own = False
                         if time.monotonic() >= next_reclaim:  # dead workers' jobs first, even when we are full:
@@ -145,14 +146,13 @@ class EditWorker:
                             self._take(self.store.reclaim_stale(self.consumer, int(self.heartbeat_timeout_s * 1000),
                                                                 count=max(1, self._room())), resumed=True)
                             next_reclaim = time.monotonic() + max(0.5, self.heartbeat_timeout_s / 4)
-                        room = self._room()
-                        if room:
-                            idle = not self.scheduler.active and not self.waiting
-                            self._take(self.store.read_new(self.consumer, self.block_ms if idle else None, room))
+                        self._read_new(block=not self.scheduler.active and not self.waiting)
                         self._admit()
                     if self.scheduler.active:
                         self.idle.clear()
-                        for sj in self.scheduler.step():
+                        ended = self.scheduler.step()
+                        self._flush_progress()  # the step's events before any of its jobs' ends
+                        for sj in ended:
                             self._ended(sj)
                     if not self.scheduler.active:
                         self.idle.set()
@@ -176,6 +176,11 @@ class EditWorker:
     def _room(self) -> int:
         return max(0, self.lookahead - len(self.waiting))
 
+    def _read_new(self, block: bool = False) -> None:
+        room = self._room()
+        if room:
+            self._take(self.store.read_new(self.consumer, self.block_ms if block else None, room))
+
     def _take(self, entries, resumed: bool = False) -> None:
         for stream, entry_id, job_id in entries:
             if entry_id in self.held:
@@ -193,13 +198,16 @@ class EditWorker:
     # --- admission ---------------------------------------------------------------------------------------
 
     def _admissible(self, e: Entry) -> bool:
-        """The last quarter of the slots is kept for a HIGH job or a tenant with nothing in flight, so neither
-        waits for a whole batch of a flooding tenant's jobs to end."""
+        """The last ``bounds.reserved`` slots are kept for a HIGH job or a tenant with nothing in flight, so
+        neither waits for a whole batch of a flooding tenant's jobs to end. A job below the priority in flight
+        waits in the queue (nothing is lost: a LOW job already running still pauses and resumes)."""
         bounds = self.scheduler.bounds
         free = bounds.max_inflight - len(self.scheduler.active)
         if free <= 0:
             return False
-        if free > max(1, bounds.max_inflight // 4):
+        if self.scheduler.active and e.priority < max(sj.priority for sj in self.scheduler.active):
+            return False  # it would only wait, paused, and its admission (encode) would delay the higher job
+        if free > bounds.reserved:
             return True
         return e.priority == HIGH or not any(sj.tag.tenant == e.tenant for sj in self.scheduler.active)
 
@@ -214,6 +222,7 @@ class EditWorker:
             self._served[e.tenant] = time.monotonic()
             if not self._start(e):
                 return
+            self._read_new()  # an admission takes a while (the encoder): a HIGH edit sent meanwhile goes next
 
     @_per_job
     def _start(self, e: Entry) -> bool:
@@ -264,25 +273,33 @@ class EditWorker:
         negative = None if enc.negative_embeds is None else enc.negative_embeds.to(loop.dtype)
         job = DenoiseJob(enc.prompt_embeds.to(loop.dtype), negative, reference, req.geometry,
                          req.num_inference_steps, req.guidance_scale, req.seed, req.speed_preset)
-        cancel = threading.Event()
-        store, job_id, token = self.store, e.job_id, e.token
+        sj = StepJob(job, adapters=[(a.name, a.scale) for a in req.adapters], priority=e.priority,
+                     tenant=e.tenant, batchable=req.speed_preset == EXACT, cancel=threading.Event(),
+                     deadline=deadline, preview_every=max(0, msg.preview_every), tag=e, job_id=e.job_id)
+        sj.on_step = functools.partial(self._queue_progress, sj)
+        return sj
 
-        def on_step(ev: StepEvent) -> None:
-            event = {"kind": "progress", "state": "RUNNING", "step": ev.step, "total": ev.total,
-                     "elapsed_s": ev.elapsed_s, "eta_s": ev.eta_s}
-            if ev.preview is not None:
-                event["preview_png"] = encode_png(to_pil(ev.preview)[0])
-            try:
-                if not store.progress(job_id, token, event):
-                    raise JobTakenOver()
-                if store.cancel_requested(job_id):
-                    cancel.set()
-            except REDIS_ERRORS:
-                pass  # a Redis blip costs one progress event, not the job (the heartbeat keeps the entry ours)
+    def _queue_progress(self, sj: StepJob, ev: StepEvent) -> None:
+        """A step's progress event, written with the rest of its batch's by :meth:`_flush_progress`."""
+        event = {"kind": "progress", "state": "RUNNING", "step": ev.step, "total": ev.total,
+                 "elapsed_s": ev.elapsed_s, "eta_s": ev.eta_s}
+        if ev.preview is not None:
+            event["preview_png"] = encode_png(to_pil(ev.preview)[0])
+        self._progress.append((sj, event))
 
-        return StepJob(job, adapters=[(a.name, a.scale) for a in req.adapters], priority=e.priority,
-                       tenant=e.tenant, batchable=req.speed_preset == EXACT, on_step=on_step, cancel=cancel,
-                       deadline=deadline, preview_every=max(0, msg.preview_every), tag=e, job_id=e.job_id)
+    def _flush_progress(self) -> None:
+        """One round trip for every job of the step: its event (fenced: a job another worker took over, or one
+        already ended, stops here) and its cancel flag (it stops at the next step boundary)."""
+        queued, self._progress = self._progress, []
+        try:
+            answers = self.store.progress_many([(sj.tag.job_id, sj.tag.token, event) for sj, event in queued])
+        except REDIS_ERRORS:
+            return  # a Redis blip costs one progress event, not the jobs (the heartbeat keeps the entries ours)
+        for (sj, _), (still_ours, cancel) in zip(queued, answers):
+            if not still_ours and sj.error is None:
+                sj.error = JobTakenOver()
+            if cancel:
+                sj.cancel.set()
 
     def _run_alone(self, sj: StepJob) -> None:
         """A non-exact speed preset runs start to end through the one denoise stage, between two batched steps:
@@ -292,6 +309,9 @@ class EditWorker:
 
         def on_step(ev: StepEvent) -> None:
             sj.on_step(ev)
+            self._flush_progress()
+            if sj.error is not None:
+                raise sj.error
             if sj.deadline and time.time() > sj.deadline:
                 raise DeadlineExceeded("its deadline passed during the run; it was not finished")
 
