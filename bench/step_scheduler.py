@@ -1,6 +1,6 @@
 """The step scheduler against one-request-at-a-time serving, through the whole stack (CPU, tiny model).
 
-    python bench/step_scheduler.py [--size 256] [--steps 20] [--inflight 0] [--repeats 2]
+    python bench/step_scheduler.py [--size 256] [--steps 20] [--inflight 0] [--repeats 3]
 
 Starts a private redis-server, the encoder, one denoiser worker and a gateway as processes, then runs each
 scenario twice, side by side: a worker with ``--max-inflight 1`` (one request at a time, first in first out:
@@ -140,7 +140,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--inflight", type=int, default=0, help="the scheduler's --max-inflight (0: its device's)")
-    ap.add_argument("--repeats", type=int, default=2, help="throughput rounds per side (the best counts)")
+    ap.add_argument("--repeats", type=int, default=3, help="throughput rounds per side (the best counts)")
     args = ap.parse_args()
     import signal
 
