@@ -92,3 +92,16 @@ def test_high_priority_overtakes_running_normal_jobs(stack):
     for j in normal:
         between = [ev for ev in watch(stub, j.id) if ev.HasField("progress") and high_times[0] < ev.time < high_times[-1]]
         assert not between, [ev.progress.step for ev in between]
+
+
+def test_an_edit_below_the_running_priority_stays_queued_until_it_ends(stack):
+    """A NORMAL edit sent while a HIGH one runs is not started beside it (it could only wait, paused, and its
+    admission would delay the HIGH job's steps): it stays QUEUED, then runs once the HIGH job is done."""
+    stack.ensure_workers(1)
+    stub = stack.edit()
+    high = submit(stub, request(256, 12, prompt="interactive", seed=30, priority=edit_pb2.PRIORITY_HIGH))
+    watch(stub, high.id, until=lambda ev: ev.HasField("progress") and ev.progress.step >= 2)
+    normal = submit(stub, request(256, 3, prompt="background work", seed=31))
+    done_high = wait_job(stub, high.id, (edit_pb2.SUCCEEDED,), 120)
+    done_normal = wait_job(stub, normal.id, (edit_pb2.SUCCEEDED,), 120)
+    assert done_normal.started_at >= done_high.finished_at > 0 and done_normal.attempts == 1
