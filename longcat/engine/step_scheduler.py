@@ -75,12 +75,11 @@ class SchedulerBounds:
 
     def overridden(self, max_inflight: int = 0, max_batch_tokens: int = 0, reserved: int = -1,
                    shared_batch_tokens: int = 0) -> "SchedulerBounds":
-        """These bounds with an operator's values (0 / -1: keep). A changed ``max_inflight`` keeps a quarter of
-        its slots reserved (at least one, none for a single slot), never more than these bounds reserve."""
+        """These bounds with an operator's values (0 / -1: keep). The reserve follows ``max_inflight``: a quarter
+        of its slots (at least one, none for a single slot), never more than these bounds reserve."""
         inflight = max_inflight or self.max_inflight
         if reserved < 0:
-            reserved = self.reserved if inflight == self.max_inflight else (
-                min(self.reserved, max(1, inflight // 4)) if inflight > 1 else 0)
+            reserved = min(self.reserved, max(1, inflight // 4)) if inflight > 1 else 0
         return SchedulerBounds(max_inflight=inflight, max_batch_tokens=max_batch_tokens or self.max_batch_tokens,
                                reserved=reserved, shared_batch_tokens=shared_batch_tokens or self.shared_batch_tokens)
 

@@ -20,7 +20,7 @@ import grpc
 from longcat.errors import Cancelled
 from longcat.logs import job_id, tenant
 from longcat.rpc.errors import status_for
-from longcat.rpc.handler import abort_details, begin_call, end_call, gone_code, record_outcome
+from longcat.rpc.handler import Call, abort_details, gone_code
 
 log = logging.getLogger("longcat.rpc")
 
@@ -46,14 +46,8 @@ def _code(context, exc: BaseException | None) -> grpc.StatusCode | None:
     return gone_code(context) if isinstance(exc, (asyncio.CancelledError, Cancelled)) else status_for(exc)
 
 
-def _finish(service: str, method: str, start: float, context, exc: BaseException | None) -> None:
-    record_outcome(service, method, start, _code(context, exc), exc,
-                   traceback=not isinstance(exc, asyncio.CancelledError))
-
-
-def _code_name(context, exc: BaseException | None) -> str:
-    code = _code(context, exc)
-    return code.name if code is not None else ""
+def _end(call: Call, context, failure: BaseException | None) -> None:
+    call.end(failure, _code(context, failure), traceback=not isinstance(failure, asyncio.CancelledError))
 
 
 async def _abort(context, exc: BaseException):
@@ -69,8 +63,7 @@ def aio_rpc_method(service: str):
         if inspect.isasyncgenfunction(fn):
             @functools.wraps(fn)
             async def stream(self, req, context):
-                token, scope, start = begin_call(service, method, context)
-                failure = None
+                call, failure = Call(service, method, context), None
                 try:
                     async for item in fn(self, req, context):
                         yield item
@@ -81,14 +74,12 @@ def aio_rpc_method(service: str):
                     failure = exc
                     await _abort(context, exc)
                 finally:
-                    _finish(service, method, start, context, failure)
-                    end_call(token, scope, failure, _code_name(context, failure))
+                    _end(call, context, failure)
             return stream
 
         @functools.wraps(fn)
         async def unary(self, req, context):
-            token, scope, start = begin_call(service, method, context)
-            failure = None
+            call, failure = Call(service, method, context), None
             try:
                 return await fn(self, req, context)
             except asyncio.CancelledError as exc:
@@ -98,8 +89,7 @@ def aio_rpc_method(service: str):
                 failure = exc
                 await _abort(context, exc)
             finally:
-                _finish(service, method, start, context, failure)
-                end_call(token, scope, failure, _code_name(context, failure))
+                _end(call, context, failure)
         return unary
 
     return wrap

@@ -54,11 +54,12 @@ def record_outcome(service: str, method: str, start: float, code: grpc.StatusCod
             extra={"service": service, "method": method, "code": code.name, "error": str(exc)})
 
 
-def _finish(service: str, method: str, start: float, context, exc: BaseException | None) -> None:
-    code = None if exc is None else status_for(exc)
+def _code(context, exc: BaseException | None) -> grpc.StatusCode | None:
+    if exc is None:
+        return None
     if isinstance(exc, Cancelled) and not context.is_active():
-        code = gone_code(context)  # the client went away or its deadline passed: nothing to send, but say why
-    record_outcome(service, method, start, code, exc)
+        return gone_code(context)  # the client went away or its deadline passed: nothing to send, but say why
+    return status_for(exc)
 
 
 def abort_details(context, exc: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -74,18 +75,23 @@ def _abort(context, exc: BaseException):
     context.abort(*abort_details(context, exc))
 
 
-def begin_call(service: str, method: str, context):
-    """A call's start (both doors): its request id, log scope and span, metrics. -> (token, scope, start)."""
-    token = request_id.set(_request_id(context))
-    scope = RpcScope(service, method, context.invocation_metadata())  # job/tenant log fields, span
-    metrics.REQUESTS.labels(service, method).inc()
-    metrics.IN_FLIGHT.labels(service).inc()
-    return token, scope, time.perf_counter()
+class Call:
+    """One call's bookkeeping, the same for both doors: its request id, log scope and span, metrics, and the
+    closing log line."""
 
+    def __init__(self, service: str, method: str, context):
+        self.service, self.method = service, method
+        self.token = request_id.set(_request_id(context))
+        self.scope = RpcScope(service, method, context.invocation_metadata())  # job/tenant log fields, span
+        metrics.REQUESTS.labels(service, method).inc()
+        metrics.IN_FLIGHT.labels(service).inc()
+        self.start = time.perf_counter()
 
-def end_call(token, scope, failure: BaseException | None, code_name: str) -> None:
-    scope.close(failure, code_name)
-    request_id.reset(token)
+    def end(self, failure: BaseException | None, code: grpc.StatusCode | None, traceback: bool = True) -> None:
+        """``code``: what the call ended with (None: it succeeded), worked out once by its door."""
+        record_outcome(self.service, self.method, self.start, code, failure, traceback)
+        self.scope.close(failure, code.name if code is not None else "")
+        request_id.reset(self.token)
 
 
 def rpc_method(service: str):
@@ -97,8 +103,7 @@ def rpc_method(service: str):
         if inspect.isgeneratorfunction(fn):
             @functools.wraps(fn)
             def stream(self, req, context):
-                token, scope, start = begin_call(service, method, context)
-                failure = None
+                call, failure = Call(service, method, context), None
                 try:
                     yield from fn(self, req, context)
                 except GeneratorExit:
@@ -109,22 +114,19 @@ def rpc_method(service: str):
                     if context.is_active():
                         _abort(context, exc)
                 finally:
-                    _finish(service, method, start, context, failure)
-                    end_call(token, scope, failure, status_for(failure).name if failure else "")
+                    call.end(failure, _code(context, failure))
             return stream
 
         @functools.wraps(fn)
         def unary(self, req, context):
-            token, scope, start = begin_call(service, method, context)
-            failure = None
+            call, failure = Call(service, method, context), None
             try:
                 return fn(self, req, context)
             except Exception as exc:  # noqa: BLE001
                 failure = exc
                 _abort(context, exc)
             finally:
-                _finish(service, method, start, context, failure)
-                end_call(token, scope, failure, status_for(failure).name if failure else "")
+                call.end(failure, _code(context, failure))
         return unary
 
     return wrap
