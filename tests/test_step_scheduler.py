@@ -129,6 +129,46 @@ def test_one_job_through_the_scheduler_is_bit_exact(setup):
     assert encode_png_of(loop.decode(sj.latents, job.geometry)) == png
 
 
+def test_cancel_deadline_previews_and_progress_are_per_job_inside_a_batch(setup):
+    """Three jobs share every forward: one is cancelled after its second step, one's deadline passes after its
+    first; each ends with its own error at the next step boundary, and the third gets its progress and a preview
+    at every step and ends with the latents it gives alone."""
+    import threading
+    import time
+
+    from longcat.errors import Cancelled, DeadlineExceeded
+
+    loop, manager = setup
+    events: dict[str, list] = {"cancel": [], "deadline": [], "keep": []}
+    cancel = threading.Event()
+
+    def on_step(name):
+        def record(ev):
+            events[name].append(ev)
+            if name == "cancel" and ev.step == 2:
+                cancel.set()
+            if name == "deadline":
+                deadline_job.deadline = time.time() - 1  # passes now: it stops before its next step
+        return record
+
+    sched = StepScheduler(loop, manager, SchedulerBounds(max_inflight=8, max_batch_tokens=1 << 20))
+    cancel_job = sched.admit(StepJob(make_job(loop, 70, 5, 4.5), adapters=[("ink", 1.0)], cancel=cancel,
+                                     on_step=on_step("cancel")))
+    deadline_job = sched.admit(StepJob(make_job(loop, 71, 5, 1.0), on_step=on_step("deadline")))
+    keep = sched.admit(StepJob(make_job(loop, 72, 4, 4.5), adapters=[("sun", 0.5)], on_step=on_step("keep"),
+                               preview_every=1))
+    assert len(sched.pick()) == 3
+    ended = sched.run_all()
+    assert isinstance(cancel_job.error, Cancelled) and cancel_job.index == 2 and "step 3 of 5" in str(cancel_job.error)
+    assert isinstance(deadline_job.error, DeadlineExceeded) and deadline_job.index == 1
+    assert keep.error is None and ended[-1] is keep and [ev.step for ev in events["keep"]] == [1, 2, 3, 4]
+    assert all(ev.preview is not None and ev.total == 4 for ev in events["keep"])
+    assert [ev.step for ev in events["cancel"]] == [1, 2] and [ev.step for ev in events["deadline"]] == [1]
+    lat, _ = alone(loop, manager, keep.job, [("sun", 0.5)])
+    assert torch.equal(keep.latents, lat)
+    assert manager._in_use == {}  # the ended jobs' adapter holds released
+
+
 def test_layouts_and_unbatchable_jobs_run_apart(setup):
     loop, manager = setup
     a = StepJob(make_job(loop, 7, 2, 1.0))
